@@ -1,0 +1,216 @@
+//! The dispatch loop, written once against [`Kernel`]:
+//! drain → select task → slice → select CPU → dispatch → report pending count.
+
+use std::time::{Duration, Instant};
+
+use plugin_api::{
+    Counters, CpuTarget, CustomScheduler, DispatchedTask, HostServices, QueuedTask, Sched,
+    SchedulerBox,
+};
+
+use crate::kernel::{ExitInfo, Kernel, KernelError, Wake};
+
+/// A policy as the loop calls it: a loaded plugin ([`SchedulerBox`]) or, for
+/// benchmarks, the same policy linked in directly ([`Native`]).
+pub trait Policy {
+    /// See [`CustomScheduler::drain_queued_tasks`].
+    fn drain(&mut self, s: &mut Sched<'_>) -> Result<(), String>;
+    /// See [`CustomScheduler::select_queued_task`].
+    fn select(&mut self, s: &mut Sched<'_>) -> Result<Option<QueuedTask>, String>;
+    /// See [`CustomScheduler::time_slice`].
+    fn slice(&mut self, s: &mut Sched<'_>, t: &QueuedTask) -> Result<u64, String>;
+    /// See [`CustomScheduler::select_cpu`].
+    fn cpu(&mut self, s: &mut Sched<'_>, t: &QueuedTask) -> Result<CpuTarget, String>;
+    /// See [`CustomScheduler::pool_count`].
+    fn pool_count(&mut self) -> Result<u64, String>;
+}
+
+impl Policy for SchedulerBox {
+    fn drain(&mut self, s: &mut Sched<'_>) -> Result<(), String> {
+        self.drain_queued_tasks(s)
+    }
+    fn select(&mut self, s: &mut Sched<'_>) -> Result<Option<QueuedTask>, String> {
+        self.select_queued_task(s)
+    }
+    fn slice(&mut self, s: &mut Sched<'_>, t: &QueuedTask) -> Result<u64, String> {
+        self.time_slice(s, t)
+    }
+    fn cpu(&mut self, s: &mut Sched<'_>, t: &QueuedTask) -> Result<CpuTarget, String> {
+        self.select_cpu(s, t)
+    }
+    fn pool_count(&mut self) -> Result<u64, String> {
+        SchedulerBox::pool_count(self)
+    }
+}
+
+/// A policy called directly, without the plugin boundary.
+pub struct Native<T>(pub T);
+
+impl<T: CustomScheduler> Policy for Native<T> {
+    fn drain(&mut self, s: &mut Sched<'_>) -> Result<(), String> {
+        self.0.drain_queued_tasks(s);
+        Ok(())
+    }
+    fn select(&mut self, s: &mut Sched<'_>) -> Result<Option<QueuedTask>, String> {
+        Ok(self.0.select_queued_task(s))
+    }
+    fn slice(&mut self, s: &mut Sched<'_>, t: &QueuedTask) -> Result<u64, String> {
+        Ok(self.0.time_slice(s, t))
+    }
+    fn cpu(&mut self, s: &mut Sched<'_>, t: &QueuedTask) -> Result<CpuTarget, String> {
+        Ok(self.0.select_cpu(s, t))
+    }
+    fn pool_count(&mut self) -> Result<u64, String> {
+        Ok(self.0.pool_count())
+    }
+}
+
+/// Host default slice: `max(default_ns / waiting, min_ns)`.
+#[derive(Debug, Clone, Copy)]
+pub struct SliceOpts {
+    /// Slice when one task waits (ns).
+    pub default_ns: u64,
+    /// Floor under contention (ns).
+    pub min_ns: u64,
+}
+
+impl Default for SliceOpts {
+    fn default() -> Self {
+        SliceOpts {
+            default_ns: 5_000_000,
+            min_ns: 500_000,
+        }
+    }
+}
+
+impl SliceOpts {
+    /// The host's slice when `waiting` tasks (this one included) wait.
+    pub fn for_waiting(&self, waiting: u64) -> u64 {
+        (self.default_ns / waiting.max(1)).max(self.min_ns)
+    }
+}
+
+/// Figures of the loop itself.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LoopStats {
+    /// Wake-ups handled.
+    pub rounds: u64,
+    /// Tasks dispatched through the plugin.
+    pub decisions: u64,
+    /// Wall time spent scheduling (not blocked in `wait`).
+    pub busy: Duration,
+}
+
+/// Why the loop stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    /// The plugin failed or panicked (the message says which call).
+    #[error("{0}")]
+    Plugin(String),
+    /// The kernel backend failed.
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+}
+
+/// The host's scheduler: a policy driving a kernel backend.
+pub struct Dispatcher<P, K> {
+    /// The policy.
+    pub policy: P,
+    /// The kernel side.
+    pub kernel: K,
+    /// Slice defaults.
+    pub slices: SliceOpts,
+    /// Loop figures.
+    pub stats: LoopStats,
+}
+
+impl<P: Policy, K: Kernel> Dispatcher<P, K> {
+    /// A loop over `policy` and `kernel`.
+    pub fn new(policy: P, kernel: K, slices: SliceOpts) -> Self {
+        Dispatcher {
+            policy,
+            kernel,
+            slices,
+            stats: LoopStats::default(),
+        }
+    }
+
+    /// Runs until the kernel side ends the run; returns how it ended.
+    pub fn run(&mut self) -> Result<ExitInfo, LoopError> {
+        loop {
+            match self.kernel.wait()? {
+                Wake::Exit(info) => return Ok(info),
+                Wake::Work => {
+                    let t0 = Instant::now();
+                    self.schedule()?;
+                    self.stats.busy += t0.elapsed();
+                }
+            }
+        }
+    }
+
+    /// One round: hand every queued task to the policy and dispatch what it picks.
+    pub fn schedule(&mut self) -> Result<(), LoopError> {
+        self.stats.rounds += 1;
+        let policy = &mut self.policy;
+        let mut host = Services(&mut self.kernel);
+        Sched::with(&mut host, |s| policy.drain(s)).map_err(LoopError::Plugin)?;
+        let mut waiting = policy.pool_count().map_err(LoopError::Plugin)?;
+        let budget = host.0.dispatch_budget();
+        let mut sent = 0;
+        while sent < budget {
+            let picked = Sched::with(&mut host, |s| policy.select(s)).map_err(LoopError::Plugin)?;
+            let Some(task) = picked else { break };
+            let mut slice = Sched::with(&mut host, |s| policy.slice(s, &task)).map_err(LoopError::Plugin)?;
+            if slice == 0 {
+                slice = self.slices.for_waiting(waiting);
+            }
+            let cpu = Sched::with(&mut host, |s| policy.cpu(s, &task)).map_err(LoopError::Plugin)?;
+            host.0.dispatch(&DispatchedTask::new(&task, cpu, slice))?;
+            self.stats.decisions += 1;
+            sent += 1;
+            waiting = waiting.saturating_sub(1);
+        }
+        let pending = policy.pool_count().map_err(LoopError::Plugin)?;
+        host.0.set_scheduled(pending);
+        Ok(())
+    }
+}
+
+/// The kernel backend seen through the plugin's `Sched` services.
+struct Services<'k, K>(&'k mut K);
+
+impl<K: Kernel> HostServices for Services<'_, K> {
+    fn dequeue_task(&mut self) -> Option<QueuedTask> {
+        self.0.dequeue()
+    }
+    fn default_select_cpu(&mut self, task: &QueuedTask) -> CpuTarget {
+        self.0.default_select_cpu(task)
+    }
+    fn nr_cpus(&self) -> u32 {
+        self.0.nr_cpus()
+    }
+    fn now_ns(&self) -> u64 {
+        self.0.now_ns()
+    }
+    fn counters(&self) -> Counters {
+        self.0.counters()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_slice_shrinks_with_waiters_down_to_the_floor() {
+        let s = SliceOpts {
+            default_ns: 10_000,
+            min_ns: 1_000,
+        };
+        assert_eq!(s.for_waiting(0), 10_000);
+        assert_eq!(s.for_waiting(1), 10_000);
+        assert_eq!(s.for_waiting(4), 2_500);
+        assert_eq!(s.for_waiting(100), 1_000);
+    }
+}

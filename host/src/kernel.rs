@@ -1,0 +1,109 @@
+//! The kernel side as the dispatch loop sees it. Two implementations: the
+//! sched_ext BPF program and the simulator.
+
+use plugin_api::{Counters, CpuTarget, DispatchedTask, QueuedTask};
+use serde::Serialize;
+
+/// Why the loop woke up.
+#[derive(Debug)]
+pub enum Wake {
+    /// Tasks are queued, or the plugin holds tasks and a CPU wants work.
+    Work,
+    /// The scheduler is gone (or the simulation ended); stop the loop.
+    Exit(ExitInfo),
+}
+
+/// How the scheduler ended, as the kernel's `exit` callback recorded it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ExitInfo {
+    /// `SCX_EXIT_*` kind.
+    pub kind: ExitKind,
+    /// Exit code (the BPF program's `scx_bpf_exit` code, or 0).
+    pub code: i64,
+    /// Short reason, e.g. "runnable task stall".
+    pub reason: String,
+    /// Details, e.g. which task stalled.
+    pub message: String,
+}
+
+/// Kinds of scheduler exit (values of the kernel's `enum scx_exit_kind`).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitKind {
+    /// Not exited.
+    None,
+    /// The simulation (or a demo run) reached its end.
+    Done,
+    /// Unloaded on request (signal, or the host detaching).
+    Unregistered,
+    /// Unloaded by the BPF program itself.
+    UnregisteredBpf,
+    /// Unloaded by the kernel (e.g. CPU hotplug).
+    UnregisteredKernel,
+    /// Unloaded by the SysRq key.
+    Sysrq,
+    /// Ejected on an error.
+    Error,
+    /// Ejected on a BPF error.
+    ErrorBpf,
+    /// Ejected by the watchdog: a runnable task waited too long.
+    ErrorStall,
+    /// A kind this host does not know.
+    Other(u64),
+}
+
+impl ExitKind {
+    /// From the kernel's numeric `scx_exit_kind`.
+    pub fn from_raw(v: u64) -> Self {
+        match v {
+            0 => ExitKind::None,
+            1 => ExitKind::Done,
+            64 => ExitKind::Unregistered,
+            65 => ExitKind::UnregisteredBpf,
+            66 => ExitKind::UnregisteredKernel,
+            67 => ExitKind::Sysrq,
+            1024 => ExitKind::Error,
+            1025 => ExitKind::ErrorBpf,
+            1026 => ExitKind::ErrorStall,
+            v => ExitKind::Other(v),
+        }
+    }
+
+    /// True when the kernel threw the scheduler out (as opposed to a clean stop).
+    pub fn is_ejection(self) -> bool {
+        match self {
+            ExitKind::Error | ExitKind::ErrorBpf | ExitKind::ErrorStall => true,
+            ExitKind::Other(v) => v >= 1024,
+            _ => false,
+        }
+    }
+}
+
+/// A failure of the kernel backend itself.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct KernelError(pub String);
+
+/// What the dispatch loop needs from the kernel side.
+pub trait Kernel {
+    /// Blocks until there is work for the scheduler or the run ends.
+    fn wait(&mut self) -> Result<Wake, KernelError>;
+    /// Next queued task, if any.
+    fn dequeue(&mut self) -> Option<QueuedTask>;
+    /// Sends a decision to the kernel side.
+    fn dispatch(&mut self, task: &DispatchedTask) -> Result<(), KernelError>;
+    /// The kernel's default idle-CPU pick.
+    fn default_select_cpu(&mut self, task: &QueuedTask) -> CpuTarget;
+    /// Number of possible CPUs.
+    fn nr_cpus(&self) -> u32;
+    /// Current time in the clock task timestamps use (ns).
+    fn now_ns(&self) -> u64;
+    /// Counters.
+    fn counters(&self) -> Counters;
+    /// How many more tasks the CPUs can start now without queueing behind
+    /// each other. The loop dispatches no more than this, so the plugin's
+    /// order decides who runs next instead of a FIFO queue in the kernel.
+    fn dispatch_budget(&self) -> u64;
+    /// Tells the kernel side how many tasks the plugin still holds.
+    fn set_scheduled(&mut self, pending: u64);
+}

@@ -1,0 +1,9 @@
+//! Rthulhu's host: loads a policy plugin and runs the dispatch loop against a
+//! kernel backend (the real sched_ext BPF program, or the simulator).
+
+pub mod config;
+pub mod dispatcher;
+pub mod input;
+pub mod kernel;
+pub mod plugin;
+pub mod sim;

@@ -1,0 +1,132 @@
+//! `host`: Rthulhu's scheduler binary.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use rthulhu::{
+    config::Config,
+    dispatcher::SliceOpts,
+    input::InputError,
+    plugin::Plugin,
+    sim::{self, workload::Workload},
+};
+
+/// Rthulhu: a CPU scheduler in user space on sched_ext, with the policy in a plugin.
+///
+/// Examples:
+///   host --plugin target/release/libsimple.so --simulate configs/workloads/mixed.toml
+///   host --config configs/simple.toml
+#[derive(Debug, Parser)]
+#[command(name = "host", version, verbatim_doc_comment)]
+struct Cli {
+    /// Policy plugin to load (a cdylib such as libsimple.so); overrides the
+    /// config file's `[scheduler] plugin`.
+    #[arg(long, value_name = "PATH")]
+    plugin: Option<PathBuf>,
+
+    /// Config file (TOML): `[scheduler]` settings and the `[plugin]` table
+    /// handed to the policy.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Run against the kernel simulator on this workload instead of the real kernel.
+    #[arg(long, value_name = "WORKLOAD.toml")]
+    simulate: Option<PathBuf>,
+
+    /// Print the simulation report as one JSON object.
+    #[arg(long)]
+    json: bool,
+
+    /// Default time slice in µs when the plugin leaves it to the host [default: 5000].
+    #[arg(long, value_name = "N")]
+    slice_us: Option<u64>,
+
+    /// Smallest slice the host hands out under contention, in µs [default: 500].
+    #[arg(long, value_name = "N")]
+    slice_min_us: Option<u64>,
+
+    /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(bad) = e.downcast_ref::<InputError>() {
+                eprintln!("host: {bad}");
+                ExitCode::from(2)
+            } else {
+                eprintln!("host: error: {e:#}");
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    // Every input is read and checked before anything starts.
+    let config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let workload = cli.simulate.as_deref().map(Workload::load).transpose()?;
+    let slices = slice_opts(&cli, &config)?;
+    let plugin_path = cli.plugin.clone().or(config.plugin.clone()).ok_or_else(|| {
+        InputError::new(
+            cli.config.as_deref().unwrap_or("(command line)".as_ref()),
+            "no plugin given: use --plugin PATH or [scheduler] plugin in the config",
+        )
+    })?;
+    let plugin = Plugin::load(&plugin_path)?;
+    tracing::info!(name = plugin.name(), version = plugin.version(), path = %plugin_path.display(), "plugin loaded");
+    let scheduler = plugin.construct(&config.plugin_table).map_err(|msg| {
+        let at = cli.config.as_deref().unwrap_or(&plugin_path);
+        InputError::new(at, format!("[plugin] settings refused by {}: {msg}", plugin.name()))
+    })?;
+
+    let Some(workload) = workload else {
+        anyhow::bail!("attaching to the real kernel is not available in this build; use --simulate");
+    };
+    let report = sim::simulate(plugin.name(), scheduler, &workload, slices)
+        .context("simulation stopped")?;
+    if cli.json {
+        println!("{}", serde_json::to_string(&report).context("encoding the report")?);
+    } else {
+        println!("{report}");
+    }
+    Ok(if report.ejected { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn slice_opts(cli: &Cli, config: &Config) -> Result<SliceOpts, InputError> {
+    let default = SliceOpts::default();
+    let us = |v: Option<u64>, d: u64| v.map_or(d, |v| v * 1000);
+    let s = SliceOpts {
+        default_ns: us(cli.slice_us.or(config.slice_us), default.default_ns),
+        min_ns: us(cli.slice_min_us.or(config.slice_min_us), default.min_ns),
+    };
+    if s.default_ns == 0 || s.min_ns == 0 || s.min_ns > s.default_ns {
+        return Err(InputError::new(
+            "(command line)".as_ref(),
+            "slices must be positive and --slice-min-us at most --slice-us",
+        ));
+    }
+    Ok(s)
+}

@@ -1,0 +1,74 @@
+//! Loading a policy plugin (a cdylib exporting `plugin_api`'s root module).
+
+use std::path::{Path, PathBuf};
+
+use abi_stable::library::{lib_header_from_path, LibraryError};
+use plugin_api::{PluginModRef, SchedulerBox};
+
+use crate::input::InputError;
+
+/// A plugin library, loaded and checked, not yet constructed.
+pub struct Plugin {
+    /// Where it was loaded from.
+    pub path: PathBuf,
+    module: PluginModRef,
+}
+
+impl Plugin {
+    /// Loads `path`, checking that it is an Rthulhu plugin whose ABI matches
+    /// this host. The library stays mapped for the life of the process.
+    pub fn load(path: &Path) -> Result<Self, InputError> {
+        if !path.is_file() {
+            return Err(InputError::new(path, "plugin file not found"));
+        }
+        let header = lib_header_from_path(path).map_err(|e| InputError::new(path, describe(&e)))?;
+        let module = header
+            .init_root_module::<PluginModRef>()
+            .map_err(|e| InputError::new(path, describe(&e)))?;
+        Ok(Plugin {
+            path: path.to_path_buf(),
+            module,
+        })
+    }
+
+    /// The policy's name.
+    pub fn name(&self) -> &str {
+        self.module.name().as_str()
+    }
+
+    /// The plugin crate's version.
+    pub fn version(&self) -> &str {
+        self.module.version().as_str()
+    }
+
+    /// Builds the scheduler from its `[plugin]` table (TOML text).
+    pub fn construct(&self, config: &str) -> Result<SchedulerBox, String> {
+        (self.module.new())(config.into()).into_result().map_err(|e| e.into_string())
+    }
+}
+
+/// One line for each way a library can fail to be a usable plugin.
+fn describe(e: &LibraryError) -> String {
+    tracing::debug!("plugin load error in full: {e}");
+    match e {
+        LibraryError::OpenError { .. } => format!("cannot load library: {}", first_line(e)),
+        LibraryError::GetSymbolError { .. } => {
+            "not an Rthulhu plugin (it exports no plugin_api root module)".into()
+        }
+        LibraryError::ParseVersionError(_) | LibraryError::IncompatibleVersionNumber { .. } => {
+            format!("plugin built against an incompatible plugin-api version: {}", first_line(e))
+        }
+        LibraryError::AbiInstability(_) => format!(
+            "plugin ABI does not match this host (rebuild it against plugin-api {})",
+            env!("CARGO_PKG_VERSION")
+        ),
+        LibraryError::InvalidAbiHeader(_) => {
+            "plugin was built with an incompatible abi_stable version".into()
+        }
+        _ => format!("not a usable plugin: {}", first_line(e)),
+    }
+}
+
+fn first_line(e: &LibraryError) -> String {
+    e.to_string().lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string()
+}

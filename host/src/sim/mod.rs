@@ -1,0 +1,511 @@
+//! A deterministic discrete-event model of the kernel side of sched_ext:
+//! CPUs with local dispatch queues, a shared queue, a kernel-to-host queue
+//! of bounded size, slices that expire, wake-ups and sleeps, and the
+//! watchdog that ejects the scheduler when a runnable task is left waiting.
+//!
+//! Host decisions take no simulated time: the model measures the policy, not
+//! the machine it runs on.
+
+pub mod report;
+pub mod rng;
+pub mod workload;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+
+use plugin_api::{Counters, CpuTarget, DispatchedTask, QueuedTask};
+
+use crate::kernel::{ExitInfo, ExitKind, Kernel, KernelError, Wake};
+use report::{GroupReport, Latencies};
+use rng::Rng;
+use workload::{Behaviour, Workload};
+
+/// First simulated pid; tasks are numbered from here in workload order.
+pub const PID_BASE: i32 = 1000;
+/// Slice of tasks the kernel side queues on its own (ring full).
+const KERNEL_SLICE_NS: u64 = 5_000_000;
+/// How soon the host is woken again while its plugin holds tasks (heartbeat).
+const HEARTBEAT_NS: u64 = 1_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Sleeping,
+    /// Runnable, somewhere between enqueue and a CPU.
+    Waiting,
+    Running,
+}
+
+#[derive(Debug)]
+struct Task {
+    group: usize,
+    weight: u64,
+    behaviour: Behaviour,
+    state: State,
+    vtime: u64,
+    exec_runtime: u64,
+    start_ts: u64,
+    stop_ts: u64,
+    prev_cpu: u32,
+    /// Work left in the current burst (ns); `u64::MAX` for CPU-bound tasks.
+    work_left: u64,
+    runnable_since: u64,
+    woke_at: Option<u64>,
+    /// Set once a dispatch placed it on a queue, so a second one is refused.
+    queued_on_dsq: bool,
+    slice: u64,
+    partner: Option<usize>,
+    comm: [u8; 16],
+}
+
+#[derive(Debug, Default)]
+struct Cpu {
+    current: Option<usize>,
+    local: VecDeque<usize>,
+    started: u64,
+    /// Bumped on every start, so a stale stop event is ignored.
+    generation: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    Wake(usize),
+    Stop { cpu: u32, generation: u64 },
+    Watchdog,
+    HostKick,
+}
+
+/// The simulated kernel.
+pub struct Simulator {
+    now: u64,
+    end: u64,
+    timeout: u64,
+    seq: u64,
+    events: BinaryHeap<Reverse<(u64, u64, Event)>>,
+    tasks: Vec<Task>,
+    cpus: Vec<Cpu>,
+    shared: VecDeque<usize>,
+    ring: VecDeque<QueuedTask>,
+    ring_size: usize,
+    counters: Counters,
+    rng: Rng,
+    kick: bool,
+    kick_armed: bool,
+    exit: Option<ExitInfo>,
+    finished: bool,
+    groups: Vec<GroupReport>,
+    latencies: Vec<Latencies>,
+}
+
+impl Simulator {
+    /// A simulator at time 0 with every task of `w` about to start.
+    pub fn new(w: &Workload) -> Self {
+        let mut sim = Simulator {
+            now: 0,
+            end: w.duration_ms * 1_000_000,
+            timeout: w.timeout_ms * 1_000_000,
+            seq: 0,
+            events: BinaryHeap::new(),
+            tasks: Vec::new(),
+            cpus: (0..w.cpus).map(|_| Cpu::default()).collect(),
+            shared: VecDeque::new(),
+            ring: VecDeque::with_capacity(w.ring_size.min(1 << 16)),
+            ring_size: w.ring_size,
+            counters: Counters {
+                nr_online_cpus: w.cpus as u64,
+                ..Counters::default()
+            },
+            rng: Rng::new(w.seed),
+            kick: false,
+            kick_armed: false,
+            exit: None,
+            finished: false,
+            groups: Vec::new(),
+            latencies: Vec::new(),
+        };
+        for (gi, g) in w.groups.iter().enumerate() {
+            sim.groups.push(GroupReport::new(&g.name, g.count, g.weight()));
+            sim.latencies.push(Latencies::default());
+            let mut comm = [0u8; 16];
+            let n = g.name.len().min(15);
+            comm[..n].copy_from_slice(&g.name.as_bytes()[..n]);
+            for k in 0..g.count as usize {
+                let idx = sim.tasks.len();
+                let partner = match g.behaviour {
+                    Behaviour::PingPong { .. } => Some(if k % 2 == 0 { idx + 1 } else { idx - 1 }),
+                    _ => None,
+                };
+                sim.tasks.push(Task {
+                    group: gi,
+                    weight: g.weight(),
+                    behaviour: g.behaviour,
+                    state: State::Sleeping,
+                    vtime: 0,
+                    exec_runtime: 0,
+                    start_ts: 0,
+                    stop_ts: 0,
+                    prev_cpu: (idx % w.cpus as usize) as u32,
+                    work_left: 0,
+                    runnable_since: 0,
+                    woke_at: None,
+                    queued_on_dsq: false,
+                    slice: KERNEL_SLICE_NS,
+                    partner,
+                    comm,
+                });
+                // Spread first wake-ups so periodic tasks are not in lockstep;
+                // the second task of a ping-pong pair waits for its partner.
+                let first = match g.behaviour {
+                    Behaviour::CpuBound => Some(0),
+                    Behaviour::Periodic { period_us, .. } => {
+                        Some(sim.rng.next_u64() % (period_us * 1000))
+                    }
+                    Behaviour::PingPong { .. } => (k % 2 == 0).then_some(0),
+                    Behaviour::Bursty { sleep_us, .. } => Some(sim.rng.next_u64() % (sleep_us * 1000)),
+                };
+                if let Some(t) = first {
+                    sim.push(t, Event::Wake(idx));
+                }
+            }
+        }
+        let first_check = (sim.timeout / 4).max(1);
+        sim.push(first_check, Event::Watchdog);
+        sim
+    }
+
+    /// Per-group results so far (the whole run once `wait` has returned `Exit`).
+    pub fn report(&self) -> Vec<GroupReport> {
+        let elapsed = self.now.max(1) as f64 * self.cpus.len() as f64;
+        self.groups
+            .iter()
+            .zip(&self.latencies)
+            .map(|(g, l)| {
+                let mut g = g.clone();
+                g.cpu_share = g.runtime_ns as f64 / elapsed;
+                l.fill(&mut g);
+                g
+            })
+            .collect()
+    }
+
+    /// Simulated time now (ns).
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    fn push(&mut self, at: u64, ev: Event) {
+        self.seq += 1;
+        self.events.push(Reverse((at, self.seq, ev)));
+    }
+
+    fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::Wake(i) => self.wake(i),
+            Event::Stop { cpu, generation } => {
+                if self.cpus[cpu as usize].generation == generation {
+                    self.stop(cpu);
+                }
+            }
+            Event::Watchdog => {
+                self.watchdog();
+                self.push(self.now + (self.timeout / 4).max(1), Event::Watchdog);
+            }
+            Event::HostKick => {
+                self.kick_armed = false;
+                self.kick = true;
+            }
+        }
+    }
+
+    fn wake(&mut self, i: usize) {
+        if self.tasks[i].state != State::Sleeping {
+            return;
+        }
+        self.tasks[i].work_left = match self.tasks[i].behaviour {
+            Behaviour::CpuBound => u64::MAX,
+            Behaviour::Periodic { runtime_us, period_us } => {
+                self.push(self.now + period_us * 1000, Event::Wake(i));
+                runtime_us * 1000
+            }
+            Behaviour::PingPong { runtime_us } => runtime_us * 1000,
+            Behaviour::Bursty { run_us, jitter, .. } => self.rng.around(run_us * 1000, jitter),
+        };
+        self.tasks[i].woke_at = Some(self.now);
+        self.enqueue(i);
+    }
+
+    /// The task is runnable: queue it for the host, or, when the queue to the
+    /// host is full, straight onto the shared queue.
+    fn enqueue(&mut self, i: usize) {
+        let now = self.now;
+        let t = &mut self.tasks[i];
+        t.state = State::Waiting;
+        t.runnable_since = now;
+        if self.ring.len() < self.ring_size {
+            let mut q = QueuedTask {
+                pid: PID_BASE + i as i32,
+                tgid: PID_BASE + i as i32,
+                cpu: t.prev_cpu as i32,
+                nr_cpus_allowed: self.cpus.len() as u32,
+                flags: 0,
+                start_ts: t.start_ts,
+                stop_ts: t.stop_ts,
+                exec_runtime: t.exec_runtime,
+                weight: t.weight,
+                vtime: t.vtime,
+                cgroup_id: t.group as u64 + 1,
+                comm: [0; 16],
+            };
+            q.comm = t.comm;
+            self.ring.push_back(q);
+        } else {
+            self.counters.nr_sched_congested += 1;
+            self.counters.nr_kernel_dispatches += 1;
+            t.slice = KERNEL_SLICE_NS;
+            t.queued_on_dsq = true;
+            let prev = t.prev_cpu;
+            self.shared.push_back(i);
+            self.kick_idle(prev);
+        }
+    }
+
+    /// The running task on `cpu` stops: its burst ended or its slice expired.
+    fn stop(&mut self, cpu: u32) {
+        let c = &mut self.cpus[cpu as usize];
+        let Some(i) = c.current.take() else { return };
+        let ran = self.now - c.started;
+        self.counters.nr_running -= 1;
+        let t = &mut self.tasks[i];
+        t.exec_runtime += ran;
+        t.stop_ts = self.now;
+        if t.work_left != u64::MAX {
+            t.work_left -= ran.min(t.work_left);
+        }
+        self.groups[t.group].runtime_ns += ran;
+        if t.work_left == 0 {
+            self.groups[t.group].runs += 1;
+            t.state = State::Sleeping;
+            let partner = t.partner;
+            match t.behaviour {
+                Behaviour::Bursty { sleep_us, jitter, .. } => {
+                    let nap = self.rng.around(sleep_us * 1000, jitter);
+                    self.push(self.now + nap, Event::Wake(i));
+                }
+                Behaviour::PingPong { .. } => {
+                    if let Some(p) = partner {
+                        self.wake(p);
+                    }
+                }
+                // Periodic tasks already have their next release queued.
+                Behaviour::Periodic { .. } | Behaviour::CpuBound => {}
+            }
+        } else {
+            self.groups[t.group].runs += u64::from(t.behaviour == Behaviour::CpuBound);
+            self.enqueue(i);
+        }
+        self.next_on(cpu);
+    }
+
+    /// `cpu` looks for work: its local queue, then the shared one.
+    fn next_on(&mut self, cpu: u32) {
+        if self.cpus[cpu as usize].current.is_some() {
+            return;
+        }
+        let next = self.cpus[cpu as usize].local.pop_front().or_else(|| self.shared.pop_front());
+        match next {
+            Some(i) => self.run(cpu, i),
+            // The BPF side wakes the host when a CPU idles while the plugin holds tasks.
+            None => self.kick |= self.counters.nr_scheduled > 0,
+        }
+    }
+
+    fn run(&mut self, cpu: u32, i: usize) {
+        let now = self.now;
+        let t = &mut self.tasks[i];
+        t.state = State::Running;
+        t.queued_on_dsq = false;
+        t.prev_cpu = cpu;
+        t.start_ts = now;
+        if let Some(w) = t.woke_at.take() {
+            self.latencies[t.group].push(now - w);
+        }
+        let run_for = t.work_left.min(t.slice.max(1));
+        let c = &mut self.cpus[cpu as usize];
+        c.current = Some(i);
+        c.started = now;
+        c.generation += 1;
+        let generation = c.generation;
+        self.counters.nr_running += 1;
+        self.push(now + run_for, Event::Stop { cpu, generation });
+    }
+
+    fn idle_cpu(&self, prefer: u32) -> Option<u32> {
+        if self.cpus[prefer as usize].current.is_none() {
+            return Some(prefer);
+        }
+        self.cpus.iter().position(|c| c.current.is_none()).map(|c| c as u32)
+    }
+
+    fn kick_idle(&mut self, prefer: u32) {
+        if let Some(c) = self.idle_cpu(prefer) {
+            self.next_on(c);
+        }
+    }
+
+    fn watchdog(&mut self) {
+        let now = self.now;
+        let stalled = self.tasks.iter().enumerate().find(|(_, t)| {
+            t.state == State::Waiting && now - t.runnable_since >= self.timeout
+        });
+        if let Some((i, t)) = stalled {
+            let comm = String::from_utf8_lossy(&t.comm).trim_end_matches('\0').to_string();
+            self.exit = Some(ExitInfo {
+                kind: ExitKind::ErrorStall,
+                code: 0,
+                reason: "runnable task stall".into(),
+                message: format!(
+                    "{comm}[{}] failed to run for {} ms (simulated watchdog, timeout {} ms)",
+                    PID_BASE + i as i32,
+                    (now - t.runnable_since) / 1_000_000,
+                    self.timeout / 1_000_000
+                ),
+            });
+        }
+    }
+
+    fn finish(&mut self) {
+        self.now = self.end;
+        for c in 0..self.cpus.len() {
+            if let Some(i) = self.cpus[c].current {
+                let g = self.tasks[i].group;
+                self.groups[g].runtime_ns += self.now - self.cpus[c].started;
+            }
+        }
+        self.finished = true;
+        self.exit = Some(ExitInfo {
+            kind: ExitKind::Done,
+            code: 0,
+            reason: "simulation finished".into(),
+            message: String::new(),
+        });
+    }
+}
+
+impl Kernel for Simulator {
+    fn wait(&mut self) -> Result<Wake, KernelError> {
+        loop {
+            if let Some(e) = &self.exit {
+                return Ok(Wake::Exit(e.clone()));
+            }
+            let batch_done = self.events.peek().is_none_or(|Reverse((t, ..))| *t > self.now);
+            if batch_done && (self.kick || !self.ring.is_empty()) {
+                self.kick = false;
+                return Ok(Wake::Work);
+            }
+            let Some(Reverse((at, _, ev))) = self.events.pop() else {
+                self.finish();
+                continue;
+            };
+            if at > self.end {
+                self.finish();
+                continue;
+            }
+            self.now = at;
+            self.handle(ev);
+        }
+    }
+
+    fn dequeue(&mut self) -> Option<QueuedTask> {
+        self.ring.pop_front()
+    }
+
+    fn dispatch(&mut self, d: &DispatchedTask) -> Result<(), KernelError> {
+        let idx = d.pid.checked_sub(PID_BASE).map(|i| i as usize);
+        let ok = idx.is_some_and(|i| {
+            self.tasks.get(i).is_some_and(|t| t.state == State::Waiting && !t.queued_on_dsq)
+        });
+        let Some(i) = idx.filter(|_| ok) else {
+            self.counters.nr_failed_dispatches += 1;
+            return Ok(());
+        };
+        self.counters.nr_user_dispatches += 1;
+        let t = &mut self.tasks[i];
+        t.vtime = d.vtime;
+        t.slice = d.slice_ns.max(1);
+        t.queued_on_dsq = true;
+        let prev = t.prev_cpu;
+        match d.cpu {
+            CpuTarget::Cpu(c) if (c as usize) < self.cpus.len() => {
+                self.cpus[c as usize].local.push_back(i);
+                self.next_on(c);
+            }
+            target => {
+                if target != CpuTarget::Any {
+                    self.counters.nr_bounce_dispatches += 1;
+                }
+                self.shared.push_back(i);
+                self.kick_idle(prev);
+            }
+        }
+        Ok(())
+    }
+
+    fn default_select_cpu(&mut self, task: &QueuedTask) -> CpuTarget {
+        let prev = (task.cpu.max(0) as u32).min(self.cpus.len() as u32 - 1);
+        CpuTarget::Cpu(self.idle_cpu(prev).unwrap_or(prev))
+    }
+
+    fn nr_cpus(&self) -> u32 {
+        self.cpus.len() as u32
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.now
+    }
+
+    fn counters(&self) -> Counters {
+        Counters {
+            nr_queued: self.ring.len() as u64,
+            ..self.counters
+        }
+    }
+
+    fn dispatch_budget(&self) -> u64 {
+        let free = self.cpus.iter().filter(|c| c.current.is_none() && c.local.is_empty()).count();
+        free.saturating_sub(self.shared.len()) as u64
+    }
+
+    fn set_scheduled(&mut self, pending: u64) {
+        self.counters.nr_scheduled = pending;
+        // The heartbeat: a plugin that keeps tasks is asked again soon.
+        if pending > 0 && !self.kick_armed {
+            self.kick_armed = true;
+            self.push(self.now + HEARTBEAT_NS, Event::HostKick);
+        }
+    }
+}
+
+/// Runs `policy` on workload `w` through the host's dispatch loop.
+pub fn simulate<P: crate::dispatcher::Policy>(
+    plugin: &str,
+    policy: P,
+    w: &Workload,
+    slices: crate::dispatcher::SliceOpts,
+) -> Result<report::SimReport, crate::dispatcher::LoopError> {
+    let mut d = crate::dispatcher::Dispatcher::new(policy, Simulator::new(w), slices);
+    let exit = d.run()?;
+    let c = d.kernel.counters();
+    let busy = d.stats.busy.as_secs_f64();
+    Ok(report::SimReport {
+        plugin: plugin.to_string(),
+        ejected: exit.kind.is_ejection(),
+        exit,
+        simulated_ms: d.kernel.now() as f64 / 1e6,
+        dispatched: c.nr_user_dispatches,
+        kernel_dispatched: c.nr_kernel_dispatches,
+        bounced: c.nr_bounce_dispatches,
+        failed: c.nr_failed_dispatches,
+        congested: c.nr_sched_congested,
+        decisions_per_sec: if busy > 0.0 { d.stats.decisions as f64 / busy } else { 0.0 },
+        groups: d.kernel.report(),
+    })
+}

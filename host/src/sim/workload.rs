@@ -1,0 +1,232 @@
+//! Simulator workloads: a TOML file of task groups.
+//!
+//! ```toml
+//! cpus = 4
+//! duration_ms = 2000
+//! seed = 1
+//! [[group]]
+//! name = "hogs"
+//! count = 4
+//! nice = 0
+//! behaviour = { kind = "cpu-bound" }
+//! ```
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::input::{read_text, toml_error, InputError};
+
+/// A whole workload.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    /// Simulated CPUs.
+    pub cpus: u32,
+    /// Simulated time to run (ms).
+    pub duration_ms: u64,
+    /// Seed for every random choice: same seed, same result.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Watchdog: a runnable task not run for this long ends the run (ms).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Capacity of the kernel-to-host queue; when full, tasks go straight to
+    /// the shared queue (counted as congestion).
+    #[serde(default = "default_ring_size")]
+    pub ring_size: usize,
+    /// Task groups.
+    #[serde(rename = "group")]
+    pub groups: Vec<Group>,
+}
+
+fn default_seed() -> u64 {
+    1
+}
+fn default_timeout_ms() -> u64 {
+    5000
+}
+fn default_ring_size() -> usize {
+    4096
+}
+
+/// A group of identical tasks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    /// Name in reports; also the tasks' command name (first 15 bytes).
+    pub name: String,
+    /// Number of tasks (for ping-pong: tasks, paired up, so even).
+    pub count: u32,
+    /// Nice value (-20..=19); ignored when `weight` is given.
+    #[serde(default)]
+    pub nice: i32,
+    /// sched_ext weight (1..=10000, 100 = nice 0).
+    pub weight: Option<u64>,
+    /// What each task does.
+    pub behaviour: Behaviour,
+}
+
+/// What a task does.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Behaviour {
+    /// Always runnable.
+    CpuBound,
+    /// Wakes every `period_us`, runs `runtime_us`, sleeps (latency-sensitive).
+    Periodic {
+        /// Period (µs).
+        period_us: u64,
+        /// Work per period (µs).
+        runtime_us: u64,
+    },
+    /// Pairs that pass a message back and forth: run, wake the partner, sleep.
+    PingPong {
+        /// Work per message (µs).
+        runtime_us: u64,
+    },
+    /// Runs and sleeps for random lengths around the given means.
+    Bursty {
+        /// Mean run length (µs).
+        run_us: u64,
+        /// Mean sleep length (µs).
+        sleep_us: u64,
+        /// Relative spread, 0.0..=1.0 (0.5 = ±50%).
+        #[serde(default)]
+        jitter: f64,
+    },
+}
+
+/// The kernel's nice-to-weight table (`sched_prio_to_weight`), nice -20..=19.
+const PRIO_TO_WEIGHT: [u64; 40] = [
+    88761, 71755, 56483, 46273, 36291, 29154, 23254, 18705, 14949, 11916, 9548, 7620, 6100, 4904,
+    3906, 3121, 2501, 1991, 1586, 1277, 1024, 820, 655, 526, 423, 335, 272, 215, 172, 137, 110, 87,
+    70, 56, 45, 36, 29, 23, 18, 15,
+];
+
+/// sched_ext weight of a nice value: the CFS weight scaled so nice 0 is 100.
+pub fn nice_to_weight(nice: i32) -> u64 {
+    let w = PRIO_TO_WEIGHT[(nice.clamp(-20, 19) + 20) as usize];
+    ((w * 100 + 512) / 1024).max(1)
+}
+
+impl Group {
+    /// The group's sched_ext weight.
+    pub fn weight(&self) -> u64 {
+        self.weight.unwrap_or_else(|| nice_to_weight(self.nice))
+    }
+}
+
+impl Workload {
+    /// Reads and checks a workload file.
+    pub fn load(path: &Path) -> Result<Self, InputError> {
+        let text = read_text(path)?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and checks `text`, naming `path` in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, InputError> {
+        let w: Workload = toml::from_str(text).map_err(|e| toml_error(path, text, &e))?;
+        w.check().map_err(|msg| InputError::new(path, msg))?;
+        Ok(w)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if !(1..=1024).contains(&self.cpus) {
+            return Err(format!("cpus = {} is out of range 1..=1024", self.cpus));
+        }
+        if self.duration_ms == 0 || self.duration_ms > 3_600_000 {
+            return Err("duration_ms must be within 1..=3600000".into());
+        }
+        if self.timeout_ms == 0 || self.ring_size == 0 {
+            return Err("timeout_ms and ring_size must be positive".into());
+        }
+        if self.groups.is_empty() {
+            return Err("no [[group]] declared".into());
+        }
+        let total: u64 = self.groups.iter().map(|g| g.count as u64).sum();
+        if total > 100_000 {
+            return Err(format!("{total} tasks is more than the simulator's 100000"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for g in &self.groups {
+            let at = |msg: &str| format!("group \"{}\": {msg}", g.name);
+            if g.name.is_empty() || !names.insert(&g.name) {
+                return Err(at("names must be non-empty and unique"));
+            }
+            if g.count == 0 {
+                return Err(at("count must be at least 1"));
+            }
+            if !(-20..=19).contains(&g.nice) {
+                return Err(at("nice must be within -20..=19"));
+            }
+            if matches!(g.weight, Some(w) if !(1..=10000).contains(&w)) {
+                return Err(at("weight must be within 1..=10000"));
+            }
+            match g.behaviour {
+                Behaviour::CpuBound => {}
+                Behaviour::Periodic { period_us, runtime_us } => {
+                    if runtime_us == 0 || runtime_us >= period_us {
+                        return Err(at("periodic needs 0 < runtime_us < period_us"));
+                    }
+                }
+                Behaviour::PingPong { runtime_us } => {
+                    if runtime_us == 0 || g.count % 2 != 0 {
+                        return Err(at("ping-pong needs runtime_us > 0 and an even count"));
+                    }
+                }
+                Behaviour::Bursty { run_us, sleep_us, jitter } => {
+                    if run_us == 0 || sleep_us == 0 || !(0.0..=1.0).contains(&jitter) {
+                        return Err(at("bursty needs run_us, sleep_us > 0 and jitter in 0..=1"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Workload, String> {
+        Workload::parse(Path::new("w.toml"), text).map_err(|e| e.to_string())
+    }
+
+    const HEAD: &str = "cpus = 2\nduration_ms = 100\n";
+
+    #[test]
+    fn nice_weights_follow_the_kernel_scale() {
+        assert_eq!(nice_to_weight(0), 100);
+        assert_eq!(nice_to_weight(10), 11);
+        assert_eq!(nice_to_weight(-20), 8668);
+    }
+
+    #[test]
+    fn parses_every_behaviour() {
+        let w = parse(&format!(
+            "{HEAD}[[group]]\nname='a'\ncount=1\nbehaviour={{kind='cpu-bound'}}\n\
+             [[group]]\nname='b'\ncount=2\nbehaviour={{kind='ping-pong', runtime_us=5}}\n\
+             [[group]]\nname='c'\ncount=1\nbehaviour={{kind='periodic', period_us=10, runtime_us=5}}\n\
+             [[group]]\nname='d'\ncount=1\nbehaviour={{kind='bursty', run_us=1, sleep_us=2, jitter=0.5}}\n"
+        ))
+        .unwrap();
+        assert_eq!(w.groups.len(), 4);
+        assert_eq!(w.groups[2].behaviour, Behaviour::Periodic { period_us: 10, runtime_us: 5 });
+    }
+
+    #[test]
+    fn refuses_bad_workloads_with_one_line() {
+        for (body, want) in [
+            ("[[group]]\nname='a'\ncount=1\nbehaviour={kind='spin'}\n", "unknown variant"),
+            ("[[group]]\nname='a'\ncount=1\nbehaviour={kind='cpu-bound', x=1}\n", "unknown field"),
+            ("[[group]]\nname='a'\ncount=3\nbehaviour={kind='ping-pong', runtime_us=5}\n", "even count"),
+            ("[[group]]\nname='a'\ncount=0\nbehaviour={kind='cpu-bound'}\n", "count"),
+            ("", "missing field `group`"),
+        ] {
+            let e = parse(&format!("{HEAD}{body}")).unwrap_err();
+            assert!(e.starts_with("w.toml: ") && e.contains(want) && !e.contains('\n'), "{e}");
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! `Sched`: the services the host offers a plugin while it schedules.
+
+use std::marker::PhantomData;
+
+use abi_stable::{
+    prefix_type::WithMetadata,
+    StableAbi,
+};
+
+use crate::task::{Counters, CpuTarget, QueuedTask};
+
+/// What a host provides behind [`Sched`].
+///
+/// The host implements it; a plugin author implements it only to unit-test a
+/// policy without a host (see the example on [`Sched::with`]).
+pub trait HostServices {
+    /// Next task the kernel queued, or `None` when there is none left.
+    fn dequeue_task(&mut self) -> Option<QueuedTask>;
+    /// The kernel's default idle-CPU pick for `task`.
+    fn default_select_cpu(&mut self, task: &QueuedTask) -> CpuTarget;
+    /// Number of possible CPUs.
+    fn nr_cpus(&self) -> u32;
+    /// Current time (ns, the clock task timestamps use).
+    fn now_ns(&self) -> u64;
+    /// Queue counters.
+    fn counters(&self) -> Counters;
+}
+
+/// Opaque stand-in for the host's state behind a [`Sched`].
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct HostCtx {
+    _private: [u8; 0],
+}
+
+/// Function table behind [`Sched`]. New entries are only ever appended.
+#[doc(hidden)]
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = HostVTableRef)))]
+#[sabi(missing_field(panic))]
+pub struct HostVTable {
+    dequeue_task: unsafe extern "C" fn(*mut HostCtx, &mut QueuedTask) -> bool,
+    default_select_cpu: unsafe extern "C" fn(*mut HostCtx, &QueuedTask) -> CpuTarget,
+    nr_cpus: unsafe extern "C" fn(*mut HostCtx) -> u32,
+    now_ns: unsafe extern "C" fn(*mut HostCtx) -> u64,
+    #[sabi(last_prefix_field)]
+    counters: unsafe extern "C" fn(*mut HostCtx) -> Counters,
+}
+
+/// Host services handed to every [`CustomScheduler`](crate::CustomScheduler) call.
+///
+/// ```
+/// use plugin_api::{Counters, CpuTarget, HostServices, QueuedTask, Sched};
+///
+/// struct FakeHost(Vec<QueuedTask>);
+/// impl HostServices for FakeHost {
+///     fn dequeue_task(&mut self) -> Option<QueuedTask> { self.0.pop() }
+///     fn default_select_cpu(&mut self, t: &QueuedTask) -> CpuTarget { CpuTarget::Cpu(t.cpu as u32) }
+///     fn nr_cpus(&self) -> u32 { 4 }
+///     fn now_ns(&self) -> u64 { 0 }
+///     fn counters(&self) -> Counters { Counters::default() }
+/// }
+///
+/// let mut host = FakeHost(vec![QueuedTask { pid: 1, ..Default::default() }]);
+/// let got = Sched::with(&mut host, |s| (s.nr_cpus(), s.dequeue_task().map(|t| t.pid)));
+/// assert_eq!(got, (4, Some(1)));
+/// ```
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct Sched<'a> {
+    ctx: *mut HostCtx,
+    vtable: HostVTableRef,
+    _borrow: PhantomData<&'a mut HostCtx>,
+}
+
+impl Sched<'_> {
+    /// Runs `f` with a `Sched` backed by `host`.
+    pub fn with<H: HostServices, R>(host: &mut H, f: impl FnOnce(&mut Sched<'_>) -> R) -> R {
+        let mut sched = Sched {
+            ctx: (host as *mut H).cast(),
+            vtable: VTableFor::<H>::REF,
+            _borrow: PhantomData,
+        };
+        f(&mut sched)
+    }
+
+    /// Next task the kernel queued, or `None` when there is none left.
+    #[inline]
+    pub fn dequeue_task(&mut self) -> Option<QueuedTask> {
+        let mut t = QueuedTask::default();
+        // SAFETY: ctx and vtable were paired in `Sched::with` and outlive self.
+        unsafe { (self.vtable.dequeue_task())(self.ctx, &mut t) }.then_some(t)
+    }
+
+    /// The kernel's default idle-CPU pick for `task` (prefers its previous CPU).
+    #[inline]
+    pub fn default_select_cpu(&mut self, task: &QueuedTask) -> CpuTarget {
+        // SAFETY: as in `dequeue_task`.
+        unsafe { (self.vtable.default_select_cpu())(self.ctx, task) }
+    }
+
+    /// Number of possible CPUs.
+    #[inline]
+    pub fn nr_cpus(&self) -> u32 {
+        // SAFETY: as in `dequeue_task`.
+        unsafe { (self.vtable.nr_cpus())(self.ctx) }
+    }
+
+    /// Current time (ns, the clock task timestamps use).
+    #[inline]
+    pub fn now_ns(&self) -> u64 {
+        // SAFETY: as in `dequeue_task`.
+        unsafe { (self.vtable.now_ns())(self.ctx) }
+    }
+
+    /// Queue counters (queued, scheduled, running, dispatches…).
+    #[inline]
+    pub fn counters(&self) -> Counters {
+        // SAFETY: as in `dequeue_task`.
+        unsafe { (self.vtable.counters())(self.ctx) }
+    }
+}
+
+struct VTableFor<H>(PhantomData<H>);
+
+impl<H: HostServices> VTableFor<H> {
+    const WM: &'static WithMetadata<HostVTable> = &WithMetadata::new(HostVTable {
+        dequeue_task: dequeue_task::<H>,
+        default_select_cpu: default_select_cpu::<H>,
+        nr_cpus: nr_cpus::<H>,
+        now_ns: now_ns::<H>,
+        counters: counters::<H>,
+    });
+    const REF: HostVTableRef = HostVTableRef(Self::WM.static_as_prefix());
+}
+
+// The host's callbacks. `ctx` is always the `H` that `Sched::with` erased.
+unsafe extern "C" fn dequeue_task<H: HostServices>(ctx: *mut HostCtx, out: &mut QueuedTask) -> bool {
+    match (*ctx.cast::<H>()).dequeue_task() {
+        Some(t) => {
+            *out = t;
+            true
+        }
+        None => false,
+    }
+}
+unsafe extern "C" fn default_select_cpu<H: HostServices>(ctx: *mut HostCtx, t: &QueuedTask) -> CpuTarget {
+    (*ctx.cast::<H>()).default_select_cpu(t)
+}
+unsafe extern "C" fn nr_cpus<H: HostServices>(ctx: *mut HostCtx) -> u32 {
+    (*ctx.cast::<H>()).nr_cpus()
+}
+unsafe extern "C" fn now_ns<H: HostServices>(ctx: *mut HostCtx) -> u64 {
+    (*ctx.cast::<H>()).now_ns()
+}
+unsafe extern "C" fn counters<H: HostServices>(ctx: *mut HostCtx) -> Counters {
+    (*ctx.cast::<H>()).counters()
+}
