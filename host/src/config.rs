@@ -47,7 +47,10 @@ impl Config {
         let file: File = toml::from_str(text).map_err(|e| toml_error(path, text, &e))?;
         let s = file.scheduler;
         if s.slice_us == Some(0) || s.slice_min_us == Some(0) {
-            return Err(InputError::new(path, "[scheduler] slices must be at least 1 µs"));
+            return Err(InputError::new(
+                path,
+                "[scheduler] slices must be at least 1 µs",
+            ));
         }
         let base = path.parent().unwrap_or(Path::new("."));
         Ok(Config {

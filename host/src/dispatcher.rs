@@ -161,11 +161,13 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
         while sent < budget {
             let picked = Sched::with(&mut host, |s| policy.select(s)).map_err(LoopError::Plugin)?;
             let Some(task) = picked else { break };
-            let mut slice = Sched::with(&mut host, |s| policy.slice(s, &task)).map_err(LoopError::Plugin)?;
+            let mut slice =
+                Sched::with(&mut host, |s| policy.slice(s, &task)).map_err(LoopError::Plugin)?;
             if slice == 0 {
                 slice = self.slices.for_waiting(waiting);
             }
-            let cpu = Sched::with(&mut host, |s| policy.cpu(s, &task)).map_err(LoopError::Plugin)?;
+            let cpu =
+                Sched::with(&mut host, |s| policy.cpu(s, &task)).map_err(LoopError::Plugin)?;
             host.0.dispatch(&DispatchedTask::new(&task, cpu, slice))?;
             self.stats.decisions += 1;
             sent += 1;

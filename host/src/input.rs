@@ -38,7 +38,10 @@ pub fn toml_error(path: &Path, text: &str, err: &toml::de::Error) -> InputError 
         let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
         format!("line {line}, column {col}: ")
     });
-    InputError::new(path, format!("{}{}", place.unwrap_or_default(), err.message()))
+    InputError::new(
+        path,
+        format!("{}{}", place.unwrap_or_default(), err.message()),
+    )
 }
 
 #[cfg(test)]
@@ -56,7 +59,10 @@ mod tests {
         let text = "a = 1\nb = 2\n";
         let err = toml::from_str::<T>(text).unwrap_err();
         let e = toml_error(Path::new("x.toml"), text, &err).to_string();
-        assert!(e.starts_with("x.toml: line 2, column 1: unknown field `b`"), "{e}");
+        assert!(
+            e.starts_with("x.toml: line 2, column 1: unknown field `b`"),
+            "{e}"
+        );
         assert!(!e.contains('\n'));
     }
 }

@@ -78,7 +78,10 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -89,30 +92,46 @@ fn run(cli: Cli) -> Result<ExitCode> {
     };
     let workload = cli.simulate.as_deref().map(Workload::load).transpose()?;
     let slices = slice_opts(&cli, &config)?;
-    let plugin_path = cli.plugin.clone().or(config.plugin.clone()).ok_or_else(|| {
-        InputError::new(
-            cli.config.as_deref().unwrap_or("(command line)".as_ref()),
-            "no plugin given: use --plugin PATH or [scheduler] plugin in the config",
-        )
-    })?;
+    let plugin_path = cli
+        .plugin
+        .clone()
+        .or(config.plugin.clone())
+        .ok_or_else(|| {
+            InputError::new(
+                cli.config.as_deref().unwrap_or("(command line)".as_ref()),
+                "no plugin given: use --plugin PATH or [scheduler] plugin in the config",
+            )
+        })?;
     let plugin = Plugin::load(&plugin_path)?;
     tracing::info!(name = plugin.name(), version = plugin.version(), path = %plugin_path.display(), "plugin loaded");
     let scheduler = plugin.construct(&config.plugin_table).map_err(|msg| {
         let at = cli.config.as_deref().unwrap_or(&plugin_path);
-        InputError::new(at, format!("[plugin] settings refused by {}: {msg}", plugin.name()))
+        InputError::new(
+            at,
+            format!("[plugin] settings refused by {}: {msg}", plugin.name()),
+        )
     })?;
 
     let Some(workload) = workload else {
-        anyhow::bail!("attaching to the real kernel is not available in this build; use --simulate");
+        anyhow::bail!(
+            "attaching to the real kernel is not available in this build; use --simulate"
+        );
     };
-    let report = sim::simulate(plugin.name(), scheduler, &workload, slices)
-        .context("simulation stopped")?;
+    let report =
+        sim::simulate(plugin.name(), scheduler, &workload, slices).context("simulation stopped")?;
     if cli.json {
-        println!("{}", serde_json::to_string(&report).context("encoding the report")?);
+        println!(
+            "{}",
+            serde_json::to_string(&report).context("encoding the report")?
+        );
     } else {
         println!("{report}");
     }
-    Ok(if report.ejected { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if report.ejected {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn slice_opts(cli: &Cli, config: &Config) -> Result<SliceOpts, InputError> {

@@ -43,7 +43,9 @@ impl Plugin {
 
     /// Builds the scheduler from its `[plugin]` table (TOML text).
     pub fn construct(&self, config: &str) -> Result<SchedulerBox, String> {
-        (self.module.new())(config.into()).into_result().map_err(|e| e.into_string())
+        (self.module.new())(config.into())
+            .into_result()
+            .map_err(|e| e.into_string())
     }
 }
 
@@ -56,7 +58,10 @@ fn describe(e: &LibraryError) -> String {
             "not an Rthulhu plugin (it exports no plugin_api root module)".into()
         }
         LibraryError::ParseVersionError(_) | LibraryError::IncompatibleVersionNumber { .. } => {
-            format!("plugin built against an incompatible plugin-api version: {}", first_line(e))
+            format!(
+                "plugin built against an incompatible plugin-api version: {}",
+                first_line(e)
+            )
         }
         LibraryError::AbiInstability(_) => format!(
             "plugin ABI does not match this host (rebuild it against plugin-api {})",
@@ -70,5 +75,10 @@ fn describe(e: &LibraryError) -> String {
 }
 
 fn first_line(e: &LibraryError) -> String {
-    e.to_string().lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string()
+    e.to_string()
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string()
 }

@@ -54,7 +54,9 @@ extern "C" fn construct<T: CustomScheduler>(config: RStr<'_>) -> RResult<Schedul
     match catch_unwind(AssertUnwindSafe(|| T::new(config.as_str()))) {
         Ok(Ok(s)) => RResult::ROk(SchedulerBox::new(s)),
         Ok(Err(e)) => RResult::RErr(e.into()),
-        Err(p) => RResult::RErr(format!("plugin {} panicked in new: {}", T::NAME, panic_message(&*p)).into()),
+        Err(p) => RResult::RErr(
+            format!("plugin {} panicked in new: {}", T::NAME, panic_message(&*p)).into(),
+        ),
     }
 }
 

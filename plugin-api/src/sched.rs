@@ -2,10 +2,7 @@
 
 use std::marker::PhantomData;
 
-use abi_stable::{
-    prefix_type::WithMetadata,
-    StableAbi,
-};
+use abi_stable::{prefix_type::WithMetadata, StableAbi};
 
 use crate::task::{Counters, CpuTarget, QueuedTask};
 
@@ -136,7 +133,10 @@ impl<H: HostServices> VTableFor<H> {
 }
 
 // The host's callbacks. `ctx` is always the `H` that `Sched::with` erased.
-unsafe extern "C" fn dequeue_task<H: HostServices>(ctx: *mut HostCtx, out: &mut QueuedTask) -> bool {
+unsafe extern "C" fn dequeue_task<H: HostServices>(
+    ctx: *mut HostCtx,
+    out: &mut QueuedTask,
+) -> bool {
     match (*ctx.cast::<H>()).dequeue_task() {
         Some(t) => {
             *out = t;
@@ -145,7 +145,10 @@ unsafe extern "C" fn dequeue_task<H: HostServices>(ctx: *mut HostCtx, out: &mut 
         None => false,
     }
 }
-unsafe extern "C" fn default_select_cpu<H: HostServices>(ctx: *mut HostCtx, t: &QueuedTask) -> CpuTarget {
+unsafe extern "C" fn default_select_cpu<H: HostServices>(
+    ctx: *mut HostCtx,
+    t: &QueuedTask,
+) -> CpuTarget {
     (*ctx.cast::<H>()).default_select_cpu(t)
 }
 unsafe extern "C" fn nr_cpus<H: HostServices>(ctx: *mut HostCtx) -> u32 {

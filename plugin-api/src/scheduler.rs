@@ -85,7 +85,10 @@ pub trait CustomScheduler: Send + Sized + 'static {
     /// Applies a new `[plugin]` table at run time. The default refuses, and
     /// the host keeps the current settings.
     fn reconfigure(&mut self, _config: &str) -> Result<(), String> {
-        Err(format!("plugin {} cannot be reconfigured at run time", Self::NAME))
+        Err(format!(
+            "plugin {} cannot be reconfigured at run time",
+            Self::NAME
+        ))
     }
 }
 
@@ -155,7 +158,10 @@ impl SchedulerBox {
 
     /// See [`CustomScheduler::select_queued_task`].
     #[inline]
-    pub fn select_queued_task(&mut self, sched: &mut Sched<'_>) -> Result<Option<QueuedTask>, String> {
+    pub fn select_queued_task(
+        &mut self,
+        sched: &mut Sched<'_>,
+    ) -> Result<Option<QueuedTask>, String> {
         // SAFETY: as above.
         plain(unsafe { (self.vtable.select_queued_task())(self.this, sched) })
             .map(ROption::into_option)
@@ -163,7 +169,11 @@ impl SchedulerBox {
 
     /// See [`CustomScheduler::select_cpu`].
     #[inline]
-    pub fn select_cpu(&mut self, sched: &mut Sched<'_>, task: &QueuedTask) -> Result<CpuTarget, String> {
+    pub fn select_cpu(
+        &mut self,
+        sched: &mut Sched<'_>,
+        task: &QueuedTask,
+    ) -> Result<CpuTarget, String> {
         // SAFETY: as above.
         plain(unsafe { (self.vtable.select_cpu())(self.this, sched, task) })
     }
@@ -267,7 +277,9 @@ unsafe extern "C" fn select_queued_task<T: CustomScheduler>(
     this: *mut ErasedScheduler,
     s: &mut Sched<'_>,
 ) -> Call<ROption<QueuedTask>> {
-    guarded::<T, _>(this, "select_queued_task", |p| p.select_queued_task(s).into())
+    guarded::<T, _>(this, "select_queued_task", |p| {
+        p.select_queued_task(s).into()
+    })
 }
 unsafe extern "C" fn select_cpu<T: CustomScheduler>(
     this: *mut ErasedScheduler,
@@ -298,5 +310,7 @@ unsafe extern "C" fn reconfigure<T: CustomScheduler>(
 }
 unsafe extern "C" fn drop_box<T: CustomScheduler>(this: *mut ErasedScheduler) {
     // A panicking Drop must not unwind into the host either; leaking is the lesser harm.
-    let _ = catch_unwind(AssertUnwindSafe(|| drop(Box::from_raw(this.cast::<Guarded<T>>()))));
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        drop(Box::from_raw(this.cast::<Guarded<T>>()))
+    }));
 }

@@ -123,7 +123,8 @@ impl Simulator {
             latencies: Vec::new(),
         };
         for (gi, g) in w.groups.iter().enumerate() {
-            sim.groups.push(GroupReport::new(&g.name, g.count, g.weight()));
+            sim.groups
+                .push(GroupReport::new(&g.name, g.count, g.weight()));
             sim.latencies.push(Latencies::default());
             let mut comm = [0u8; 16];
             let n = g.name.len().min(15);
@@ -155,12 +156,14 @@ impl Simulator {
                 // Spread first wake-ups so periodic tasks are not in lockstep;
                 // the second task of a ping-pong pair waits for its partner.
                 let first = match g.behaviour {
-                    Behaviour::CpuBound => Some(0),
+                    Behaviour::CpuBound {} => Some(0),
                     Behaviour::Periodic { period_us, .. } => {
                         Some(sim.rng.next_u64() % (period_us * 1000))
                     }
                     Behaviour::PingPong { .. } => (k % 2 == 0).then_some(0),
-                    Behaviour::Bursty { sleep_us, .. } => Some(sim.rng.next_u64() % (sleep_us * 1000)),
+                    Behaviour::Bursty { sleep_us, .. } => {
+                        Some(sim.rng.next_u64() % (sleep_us * 1000))
+                    }
                 };
                 if let Some(t) = first {
                     sim.push(t, Event::Wake(idx));
@@ -221,8 +224,11 @@ impl Simulator {
             return;
         }
         self.tasks[i].work_left = match self.tasks[i].behaviour {
-            Behaviour::CpuBound => u64::MAX,
-            Behaviour::Periodic { runtime_us, period_us } => {
+            Behaviour::CpuBound {} => u64::MAX,
+            Behaviour::Periodic {
+                runtime_us,
+                period_us,
+            } => {
                 self.push(self.now + period_us * 1000, Event::Wake(i));
                 runtime_us * 1000
             }
@@ -286,7 +292,9 @@ impl Simulator {
             t.state = State::Sleeping;
             let partner = t.partner;
             match t.behaviour {
-                Behaviour::Bursty { sleep_us, jitter, .. } => {
+                Behaviour::Bursty {
+                    sleep_us, jitter, ..
+                } => {
                     let nap = self.rng.around(sleep_us * 1000, jitter);
                     self.push(self.now + nap, Event::Wake(i));
                 }
@@ -296,10 +304,10 @@ impl Simulator {
                     }
                 }
                 // Periodic tasks already have their next release queued.
-                Behaviour::Periodic { .. } | Behaviour::CpuBound => {}
+                Behaviour::Periodic { .. } | Behaviour::CpuBound {} => {}
             }
         } else {
-            self.groups[t.group].runs += u64::from(t.behaviour == Behaviour::CpuBound);
+            self.groups[t.group].runs += u64::from(matches!(t.behaviour, Behaviour::CpuBound {}));
             self.enqueue(i);
         }
         self.next_on(cpu);
@@ -310,7 +318,10 @@ impl Simulator {
         if self.cpus[cpu as usize].current.is_some() {
             return;
         }
-        let next = self.cpus[cpu as usize].local.pop_front().or_else(|| self.shared.pop_front());
+        let next = self.cpus[cpu as usize]
+            .local
+            .pop_front()
+            .or_else(|| self.shared.pop_front());
         match next {
             Some(i) => self.run(cpu, i),
             // The BPF side wakes the host when a CPU idles while the plugin holds tasks.
@@ -342,7 +353,10 @@ impl Simulator {
         if self.cpus[prefer as usize].current.is_none() {
             return Some(prefer);
         }
-        self.cpus.iter().position(|c| c.current.is_none()).map(|c| c as u32)
+        self.cpus
+            .iter()
+            .position(|c| c.current.is_none())
+            .map(|c| c as u32)
     }
 
     fn kick_idle(&mut self, prefer: u32) {
@@ -353,11 +367,15 @@ impl Simulator {
 
     fn watchdog(&mut self) {
         let now = self.now;
-        let stalled = self.tasks.iter().enumerate().find(|(_, t)| {
-            t.state == State::Waiting && now - t.runnable_since >= self.timeout
-        });
+        let stalled = self
+            .tasks
+            .iter()
+            .enumerate()
+            .find(|(_, t)| t.state == State::Waiting && now - t.runnable_since >= self.timeout);
         if let Some((i, t)) = stalled {
-            let comm = String::from_utf8_lossy(&t.comm).trim_end_matches('\0').to_string();
+            let comm = String::from_utf8_lossy(&t.comm)
+                .trim_end_matches('\0')
+                .to_string();
             self.exit = Some(ExitInfo {
                 kind: ExitKind::ErrorStall,
                 code: 0,
@@ -396,7 +414,10 @@ impl Kernel for Simulator {
             if let Some(e) = &self.exit {
                 return Ok(Wake::Exit(e.clone()));
             }
-            let batch_done = self.events.peek().is_none_or(|Reverse((t, ..))| *t > self.now);
+            let batch_done = self
+                .events
+                .peek()
+                .is_none_or(|Reverse((t, ..))| *t > self.now);
             if batch_done && (self.kick || !self.ring.is_empty()) {
                 self.kick = false;
                 return Ok(Wake::Work);
@@ -421,7 +442,9 @@ impl Kernel for Simulator {
     fn dispatch(&mut self, d: &DispatchedTask) -> Result<(), KernelError> {
         let idx = d.pid.checked_sub(PID_BASE).map(|i| i as usize);
         let ok = idx.is_some_and(|i| {
-            self.tasks.get(i).is_some_and(|t| t.state == State::Waiting && !t.queued_on_dsq)
+            self.tasks
+                .get(i)
+                .is_some_and(|t| t.state == State::Waiting && !t.queued_on_dsq)
         });
         let Some(i) = idx.filter(|_| ok) else {
             self.counters.nr_failed_dispatches += 1;
@@ -470,7 +493,11 @@ impl Kernel for Simulator {
     }
 
     fn dispatch_budget(&self) -> u64 {
-        let free = self.cpus.iter().filter(|c| c.current.is_none() && c.local.is_empty()).count();
+        let free = self
+            .cpus
+            .iter()
+            .filter(|c| c.current.is_none() && c.local.is_empty())
+            .count();
         free.saturating_sub(self.shared.len()) as u64
     }
 
@@ -505,7 +532,11 @@ pub fn simulate<P: crate::dispatcher::Policy>(
         bounced: c.nr_bounce_dispatches,
         failed: c.nr_failed_dispatches,
         congested: c.nr_sched_congested,
-        decisions_per_sec: if busy > 0.0 { d.stats.decisions as f64 / busy } else { 0.0 },
+        decisions_per_sec: if busy > 0.0 {
+            d.stats.decisions as f64 / busy
+        } else {
+            0.0
+        },
         groups: d.kernel.report(),
     })
 }

@@ -61,7 +61,11 @@ impl Latencies {
     pub(crate) fn fill(&self, g: &mut GroupReport) {
         let mut v = self.0.clone();
         v.sort_unstable();
-        let at = |q: f64| v.get(((v.len().max(1) - 1) as f64 * q).round() as usize).copied().unwrap_or(0);
+        let at = |q: f64| {
+            v.get(((v.len().max(1) - 1) as f64 * q).round() as usize)
+                .copied()
+                .unwrap_or(0)
+        };
         g.wakeups = v.len() as u64;
         g.wakeup_p50_ns = at(0.50);
         g.wakeup_p99_ns = at(0.99);
@@ -130,7 +134,11 @@ impl fmt::Display for SimReport {
             )?;
         }
         if self.ejected {
-            write!(f, "EJECTED ({:?}): {}: {}", self.exit.kind, self.exit.reason, self.exit.message)?;
+            write!(
+                f,
+                "EJECTED ({:?}): {}: {}",
+                self.exit.kind, self.exit.reason, self.exit.message
+            )?;
         } else {
             write!(f, "ended: {}", self.exit.reason)?;
         }

@@ -72,7 +72,7 @@ pub struct Group {
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Behaviour {
     /// Always runnable.
-    CpuBound,
+    CpuBound {},
     /// Wakes every `period_us`, runs `runtime_us`, sleeps (latency-sensitive).
     Periodic {
         /// Period (µs).
@@ -164,8 +164,11 @@ impl Workload {
                 return Err(at("weight must be within 1..=10000"));
             }
             match g.behaviour {
-                Behaviour::CpuBound => {}
-                Behaviour::Periodic { period_us, runtime_us } => {
+                Behaviour::CpuBound {} => {}
+                Behaviour::Periodic {
+                    period_us,
+                    runtime_us,
+                } => {
                     if runtime_us == 0 || runtime_us >= period_us {
                         return Err(at("periodic needs 0 < runtime_us < period_us"));
                     }
@@ -175,7 +178,11 @@ impl Workload {
                         return Err(at("ping-pong needs runtime_us > 0 and an even count"));
                     }
                 }
-                Behaviour::Bursty { run_us, sleep_us, jitter } => {
+                Behaviour::Bursty {
+                    run_us,
+                    sleep_us,
+                    jitter,
+                } => {
                     if run_us == 0 || sleep_us == 0 || !(0.0..=1.0).contains(&jitter) {
                         return Err(at("bursty needs run_us, sleep_us > 0 and jitter in 0..=1"));
                     }
@@ -213,20 +220,41 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(w.groups.len(), 4);
-        assert_eq!(w.groups[2].behaviour, Behaviour::Periodic { period_us: 10, runtime_us: 5 });
+        assert_eq!(
+            w.groups[2].behaviour,
+            Behaviour::Periodic {
+                period_us: 10,
+                runtime_us: 5
+            }
+        );
     }
 
     #[test]
     fn refuses_bad_workloads_with_one_line() {
         for (body, want) in [
-            ("[[group]]\nname='a'\ncount=1\nbehaviour={kind='spin'}\n", "unknown variant"),
-            ("[[group]]\nname='a'\ncount=1\nbehaviour={kind='cpu-bound', x=1}\n", "unknown field"),
-            ("[[group]]\nname='a'\ncount=3\nbehaviour={kind='ping-pong', runtime_us=5}\n", "even count"),
-            ("[[group]]\nname='a'\ncount=0\nbehaviour={kind='cpu-bound'}\n", "count"),
+            (
+                "[[group]]\nname='a'\ncount=1\nbehaviour={kind='spin'}\n",
+                "unknown variant",
+            ),
+            (
+                "[[group]]\nname='a'\ncount=1\nbehaviour={kind='cpu-bound', x=1}\n",
+                "unknown field",
+            ),
+            (
+                "[[group]]\nname='a'\ncount=3\nbehaviour={kind='ping-pong', runtime_us=5}\n",
+                "even count",
+            ),
+            (
+                "[[group]]\nname='a'\ncount=0\nbehaviour={kind='cpu-bound'}\n",
+                "count",
+            ),
             ("", "missing field `group`"),
         ] {
             let e = parse(&format!("{HEAD}{body}")).unwrap_err();
-            assert!(e.starts_with("w.toml: ") && e.contains(want) && !e.contains('\n'), "{e}");
+            assert!(
+                e.starts_with("w.toml: ") && e.contains(want) && !e.contains('\n'),
+                "{e}"
+            );
         }
     }
 }

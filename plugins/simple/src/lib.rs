@@ -58,7 +58,11 @@ impl Simple {
     fn charge(&mut self, t: &mut QueuedTask) {
         let ran = t.stop_ts.saturating_sub(t.start_ts);
         let weight = t.weight.max(1);
-        let credit = if self.slice_ns > 0 { self.slice_ns } else { DEFAULT_CREDIT_NS };
+        let credit = if self.slice_ns > 0 {
+            self.slice_ns
+        } else {
+            DEFAULT_CREDIT_NS
+        };
         let floor = self.min_vtime.saturating_sub(credit);
         t.vtime = t.vtime.max(floor) + ran * WEIGHT_NICE_0 / weight;
     }
@@ -149,7 +153,14 @@ mod tests {
     }
 
     fn task(pid: i32, vtime: u64, ran: u64, weight: u64) -> QueuedTask {
-        QueuedTask { pid, vtime, start_ts: 0, stop_ts: ran, weight, ..Default::default() }
+        QueuedTask {
+            pid,
+            vtime,
+            start_ts: 0,
+            stop_ts: ran,
+            weight,
+            ..Default::default()
+        }
     }
 
     fn order(config: &str, tasks: Vec<QueuedTask>) -> Vec<i32> {
@@ -157,7 +168,9 @@ mod tests {
         let mut host = Host(tasks.into());
         Sched::with(&mut host, |sched| {
             s.drain_queued_tasks(sched);
-            std::iter::from_fn(|| s.select_queued_task(sched)).map(|t| t.pid).collect()
+            std::iter::from_fn(|| s.select_queued_task(sched))
+                .map(|t| t.pid)
+                .collect()
         })
     }
 

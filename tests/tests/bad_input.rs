@@ -1,0 +1,111 @@
+//! Bad input: one line naming the file and the problem, exit code 2, nothing run.
+
+use rthulhu_tests::{host, plugin, repo, stderr, workload};
+
+fn refused(args: &[&str], file: &str, problem: &str) {
+    let out = host(args);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    assert!(out.stdout.is_empty(), "{args:?} produced output");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "{args:?}: not one line: {err}"
+    );
+    assert!(
+        err.contains(file) && err.contains(problem),
+        "{args:?}: {err}"
+    );
+}
+
+fn mixed() -> String {
+    repo()
+        .join("configs/workloads/mixed.toml")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn missing_plugin_file() {
+    refused(
+        &["--plugin", "/nonexistent/libx.so", "--simulate", &mixed()],
+        "/nonexistent/libx.so",
+        "not found",
+    );
+}
+
+#[test]
+fn library_that_is_not_a_plugin() {
+    let libz = [
+        "/lib/x86_64-linux-gnu/libz.so.1",
+        "/usr/lib/x86_64-linux-gnu/libz.so.1",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
+    .expect("libz is installed");
+    refused(
+        &["--plugin", libz, "--simulate", &mixed()],
+        libz,
+        "not an Rthulhu plugin",
+    );
+}
+
+#[test]
+fn plugin_of_another_abi() {
+    let p = plugin("wrong-abi");
+    let p = p.to_str().unwrap();
+    refused(
+        &["--plugin", p, "--simulate", &mixed()],
+        p,
+        "ABI does not match",
+    );
+}
+
+#[test]
+fn malformed_and_unknown_config_keys() {
+    let simple = plugin("simple");
+    let bad = workload(
+        "badcfg",
+        &format!("[scheduler]\nplugin = {simple:?}\nslice = 5\n"),
+    );
+    let bad = bad.to_str().unwrap();
+    refused(
+        &["--config", bad, "--simulate", &mixed()],
+        bad,
+        "line 3, column 1: unknown field `slice`",
+    );
+    let broken = workload("brokencfg", "[scheduler\n");
+    let broken = broken.to_str().unwrap();
+    refused(
+        &["--config", broken, "--simulate", &mixed()],
+        broken,
+        "line 1",
+    );
+    let plugin_key = workload(
+        "plugincfg",
+        &format!("[scheduler]\nplugin = {simple:?}\n[plugin]\nmood = 1\n"),
+    );
+    let plugin_key = plugin_key.to_str().unwrap();
+    refused(
+        &["--config", plugin_key, "--simulate", &mixed()],
+        plugin_key,
+        "unknown field `mood`",
+    );
+}
+
+#[test]
+fn bad_workload() {
+    let simple = plugin("simple");
+    let simple = simple.to_str().unwrap();
+    let w = workload(
+        "badwl",
+        "cpus = 0\nduration_ms = 10\n[[group]]\nname='a'\ncount=1\nbehaviour={kind='cpu-bound'}\n",
+    );
+    let w = w.to_str().unwrap();
+    refused(&["--plugin", simple, "--simulate", w], w, "cpus = 0");
+    refused(
+        &["--plugin", simple, "--simulate", "/nonexistent.toml"],
+        "/nonexistent.toml",
+        "No such file",
+    );
+}

@@ -1,0 +1,202 @@
+//! The real host loop driving the real plugin libraries against the simulator.
+
+use plugin_api::{Counters, CpuTarget, DispatchedTask, QueuedTask};
+use rthulhu::dispatcher::{Dispatcher, SliceOpts};
+use rthulhu::kernel::{Kernel, KernelError, Wake};
+use rthulhu::plugin::Plugin;
+use rthulhu::sim::{workload::Workload, Simulator};
+use rthulhu_tests::{group, plugin, repo, simulate, stderr, workload};
+
+/// A kernel backend that records the order tasks arrive and are dispatched.
+struct Recording {
+    inner: Simulator,
+    arrived: Vec<i32>,
+    dispatched: Vec<i32>,
+}
+
+impl Kernel for Recording {
+    fn wait(&mut self) -> Result<Wake, KernelError> {
+        self.inner.wait()
+    }
+    fn dequeue(&mut self) -> Option<QueuedTask> {
+        let t = self.inner.dequeue()?;
+        self.arrived.push(t.pid);
+        Some(t)
+    }
+    fn dispatch(&mut self, t: &DispatchedTask) -> Result<(), KernelError> {
+        self.dispatched.push(t.pid);
+        self.inner.dispatch(t)
+    }
+    fn default_select_cpu(&mut self, t: &QueuedTask) -> CpuTarget {
+        self.inner.default_select_cpu(t)
+    }
+    fn nr_cpus(&self) -> u32 {
+        self.inner.nr_cpus()
+    }
+    fn now_ns(&self) -> u64 {
+        self.inner.now_ns()
+    }
+    fn counters(&self) -> Counters {
+        self.inner.counters()
+    }
+    fn dispatch_budget(&self) -> u64 {
+        self.inner.dispatch_budget()
+    }
+    fn set_scheduled(&mut self, pending: u64) {
+        self.inner.set_scheduled(pending)
+    }
+}
+
+fn orders(mode: &str) -> (Vec<i32>, Vec<i32>) {
+    let lib = Plugin::load(&plugin("simple")).expect("libsimple.so loads");
+    assert_eq!(lib.name(), "simple");
+    let policy = lib.construct(&format!("mode = \"{mode}\"")).unwrap();
+    let w = Workload::load(&repo().join("configs/workloads/mixed.toml")).unwrap();
+    let kernel = Recording {
+        inner: Simulator::new(&w),
+        arrived: vec![],
+        dispatched: vec![],
+    };
+    let mut d = Dispatcher::new(policy, kernel, SliceOpts::default());
+    let exit = d.run().expect("run completes");
+    assert!(!exit.kind.is_ejection(), "{exit:?}");
+    let pending = d.kernel.arrived.len() - d.kernel.dispatched.len();
+    assert!(pending <= 16, "{pending} tasks never dispatched");
+    let mut arrived = d.kernel.arrived;
+    arrived.truncate(d.kernel.dispatched.len());
+    (arrived, d.kernel.dispatched)
+}
+
+#[test]
+fn fifo_mode_dispatches_in_arrival_order() {
+    let (arrived, dispatched) = orders("fifo");
+    assert!(
+        dispatched.len() > 1000,
+        "only {} dispatches",
+        dispatched.len()
+    );
+    assert_eq!(arrived, dispatched);
+}
+
+#[test]
+fn vtime_mode_reorders_by_virtual_time() {
+    let (arrived, dispatched) = orders("vtime");
+    assert!(dispatched.len() > 1000);
+    assert_ne!(arrived, dispatched, "vtime mode behaved like FIFO");
+}
+
+#[test]
+fn vtime_mode_shares_cpu_by_weight() {
+    let (out, r) = simulate(
+        "simple",
+        "mode = \"vtime\"",
+        &repo().join("configs/workloads/weights.toml"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (a, b) = (group(&r, "nice0"), group(&r, "nice10"));
+    let ratio = a["cpu_share"].as_f64().unwrap() / b["cpu_share"].as_f64().unwrap();
+    // sched_ext weights: nice 0 → 100, nice 10 → 11.
+    let want = a["weight"].as_f64().unwrap() / b["weight"].as_f64().unwrap();
+    assert!((want - 100.0 / 11.0).abs() < 1e-9, "weights {a} {b}");
+    assert!(
+        (ratio / want - 1.0).abs() < 0.10,
+        "share ratio {ratio:.2}, want {want:.2} ±10%"
+    );
+}
+
+#[test]
+fn fifo_mode_ignores_weights() {
+    let (out, r) = simulate(
+        "simple",
+        "mode = \"fifo\"",
+        &repo().join("configs/workloads/weights.toml"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ratio = group(&r, "nice0")["cpu_share"].as_f64().unwrap()
+        / group(&r, "nice10")["cpu_share"].as_f64().unwrap();
+    assert!((ratio - 1.0).abs() < 0.05, "fifo share ratio {ratio:.2}");
+}
+
+#[test]
+fn mixed_workload_ends_without_ejection() {
+    for mode in ["vtime", "fifo"] {
+        let (out, r) = simulate(
+            "simple",
+            &format!("mode = \"{mode}\""),
+            &repo().join("configs/workloads/mixed.toml"),
+        );
+        assert!(out.status.success(), "{mode}: {}", stderr(&out));
+        assert_eq!(r["ejected"], false, "{mode}: {r}");
+        assert!(r["dispatched"].as_u64().unwrap() > 1000, "{r}");
+        for g in r["groups"].as_array().unwrap() {
+            assert!(
+                g["runs"].as_u64().unwrap() > 0,
+                "{mode}: group starved: {g}"
+            );
+            assert!(g["cpu_share"].as_f64().unwrap() > 0.0, "{g}");
+            assert!(g["wakeup_p50_ns"].as_u64() <= g["wakeup_p99_ns"].as_u64());
+            assert!(g["wakeup_p99_ns"].as_u64() <= g["wakeup_max_ns"].as_u64());
+        }
+        // Periodic tasks need 1 ms every 10 ms: they must get their 10%.
+        let share = group(&r, "periodic")["cpu_share"].as_f64().unwrap();
+        assert!(
+            (share - 0.10).abs() < 0.01,
+            "{mode}: periodic share {share}"
+        );
+    }
+}
+
+#[test]
+fn same_seed_same_result() {
+    let w = repo().join("configs/workloads/mixed.toml");
+    let strip = |mut v: serde_json::Value| {
+        v.as_object_mut().unwrap().remove("decisions_per_sec");
+        v
+    };
+    let (_, a) = simulate("simple", "", &w);
+    let (_, b) = simulate("simple", "", &w);
+    assert_eq!(strip(a.clone()), strip(b));
+    let other = std::fs::read_to_string(&w)
+        .unwrap()
+        .replace("seed = 7", "seed = 8");
+    let (_, c) = simulate("simple", "", &workload("seed8", &other));
+    assert_ne!(strip(a), strip(c), "the seed changes nothing");
+}
+
+#[test]
+fn plugin_panic_is_a_clean_error() {
+    let (out, _) = simulate(
+        "panicky",
+        "after_calls = 50",
+        &repo().join("configs/workloads/mixed.toml"),
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("plugin panicky panicked in select_cpu: deliberate test panic"),
+        "{err}"
+    );
+}
+
+#[test]
+fn hoarding_plugin_trips_the_watchdog() {
+    let mixed = std::fs::read_to_string(repo().join("configs/workloads/mixed.toml")).unwrap();
+    let w = workload("hoard", &format!("timeout_ms = 500\n{mixed}"));
+    let (out, r) = simulate("hoarder", "after_calls = 100", &w);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(r["ejected"], true, "{r}");
+    assert_eq!(r["exit"]["kind"], "error_stall");
+    assert_eq!(r["exit"]["reason"], "runnable task stall");
+    assert!(
+        r["exit"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("failed to run for"),
+        "{r}"
+    );
+    let at = r["simulated_ms"].as_f64().unwrap();
+    assert!(
+        (500.0..1000.0).contains(&at),
+        "ejected at {at} ms, timeout 500 ms"
+    );
+}
