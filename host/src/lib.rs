@@ -1,6 +1,7 @@
 //! Rthulhu's host: loads a policy plugin and runs the dispatch loop against a
 //! kernel backend (the real sched_ext BPF program, or the simulator).
 
+pub mod bpf;
 pub mod config;
 pub mod dispatcher;
 pub mod input;

@@ -6,8 +6,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 use rthulhu::{
+    bpf::{self, BpfKernel, BpfOptions},
     config::Config,
-    dispatcher::SliceOpts,
+    dispatcher::{Dispatcher, LoopError, SliceOpts},
+    kernel::ExitKind,
     input::InputError,
     plugin::Plugin,
     sim::{self, workload::Workload},
@@ -46,6 +48,19 @@ struct Cli {
     /// Smallest slice the host hands out under contention, in µs [default: 500].
     #[arg(long, value_name = "N")]
     slice_min_us: Option<u64>,
+
+    /// Print one line of kernel-side counters every SECS seconds (real kernel only).
+    #[arg(long, value_name = "SECS")]
+    stats: Option<f64>,
+
+    /// Watchdog: the kernel ejects the scheduler when a runnable task waits this long (ms).
+    #[arg(long, value_name = "MS", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(100..=30000))]
+    timeout_ms: u32,
+
+    /// Send every wake-up through the plugin, even when an idle CPU is free
+    /// (by default BPF runs such a task on the idle CPU at once).
+    #[arg(long)]
+    no_builtin_idle: bool,
 
     /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -113,9 +128,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     })?;
 
     let Some(workload) = workload else {
-        anyhow::bail!(
-            "attaching to the real kernel is not available in this build; use --simulate"
-        );
+        return attach(&cli, &plugin, &config, scheduler, slices);
     };
     let report =
         sim::simulate(plugin.name(), scheduler, &workload, slices).context("simulation stopped")?;
@@ -132,6 +145,63 @@ fn run(cli: Cli) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Schedules the real machine until a signal, an ejection or a plugin failure.
+fn attach(
+    cli: &Cli,
+    plugin: &Plugin,
+    config: &Config,
+    mut scheduler: plugin_api::SchedulerBox,
+    slices: SliceOpts,
+) -> Result<ExitCode> {
+    bpf::preflight::check()?;
+    bpf::install_signal_handlers();
+    let opts = BpfOptions {
+        slice_ns: slices.default_ns,
+        timeout_ms: cli.timeout_ms,
+        builtin_idle: !cli.no_builtin_idle,
+        heartbeat_ns: 10_000_000,
+        stats_every: cli.stats.map(std::time::Duration::from_secs_f64),
+    };
+    loop {
+        let mut object = std::mem::MaybeUninit::uninit();
+        let mut kernel = BpfKernel::load(&mut object, opts).context("preparing the BPF scheduler")?;
+        lock_memory();
+        kernel.attach().context("attaching to sched_ext")?;
+        eprintln!("host: scheduling with plugin {} {} (Ctrl-C to stop)", plugin.name(), plugin.version());
+        let mut d = Dispatcher::new(scheduler, kernel, slices);
+        let outcome = d.run();
+        d.kernel.detach();
+        let info = match outcome {
+            Ok(info) => info,
+            Err(LoopError::Plugin(msg)) => {
+                eprintln!("host: {msg}; detached, the kernel's default scheduler has taken over");
+                return Ok(ExitCode::from(1));
+            }
+            Err(e) => return Err(e).context("dispatch loop failed; detached"),
+        };
+        if info.code & bpf::ECODE_RESTART != 0 {
+            eprintln!("host: the kernel asked for a restart ({}): restarting", info.reason);
+            scheduler = plugin.construct(&config.plugin_table).map_err(anyhow::Error::msg)?;
+            continue;
+        }
+        if info.kind.is_ejection() {
+            eprintln!("host: ejected by the kernel ({:?}): {}: {}", info.kind, info.reason, info.message);
+            return Ok(ExitCode::from(1));
+        }
+        let how = if info.kind == ExitKind::Unregistered { "detached" } else { "stopped" };
+        eprintln!("host: {how} ({}), {} tasks dispatched", info.reason, d.stats.decisions);
+        return Ok(ExitCode::SUCCESS);
+    }
+}
+
+/// Keeps every page resident so that no page fault can stall the loop.
+fn lock_memory() {
+    // SAFETY: mlockall has no memory-safety preconditions.
+    if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
+        tracing::warn!("mlockall failed: {}", std::io::Error::last_os_error());
+    }
 }
 
 fn slice_opts(cli: &Cli, config: &Config) -> Result<SliceOpts, InputError> {

@@ -1,0 +1,339 @@
+//! The real kernel: bpf/main.bpf.c loaded through libbpf-rs.
+
+pub mod preflight;
+
+mod skel {
+    #![allow(clippy::all, missing_docs, non_camel_case_types, non_snake_case, dead_code)]
+    include!(concat!(env!("OUT_DIR"), "/main.skel.rs"));
+}
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::ffi::CStr;
+use std::mem::{size_of, MaybeUninit};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, OpenObject, ProgramInput, RingBuffer, RingBufferBuilder, UserRingBuffer};
+use plugin_api::{Counters, CpuTarget, DispatchedTask, QueuedTask};
+
+use crate::kernel::{ExitInfo, ExitKind, Kernel, KernelError, Wake};
+use skel::{MainSkel, MainSkelBuilder};
+
+/// Exit code bit asking user space to restart the scheduler (`SCX_ECODE_ACT_RESTART`).
+pub const ECODE_RESTART: i64 = 1 << 48;
+
+/// How long the loop sleeps on the ring at most before it looks at signals
+/// and the exit record again.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Settings written into the BPF program before it is loaded.
+#[derive(Debug, Clone, Copy)]
+pub struct BpfOptions {
+    /// Slice of the tasks BPF dispatches itself (ns).
+    pub slice_ns: u64,
+    /// Watchdog: how long a runnable task may wait before the kernel ejects us (ms).
+    pub timeout_ms: u32,
+    /// Use the kernel's idle-CPU pick in `select_cpu` (and run wakers on idle CPUs at once).
+    pub builtin_idle: bool,
+    /// Heartbeat period (ns).
+    pub heartbeat_ns: u64,
+    /// Print a line of counters this often.
+    pub stats_every: Option<Duration>,
+}
+
+/// The host→kernel decision record (`struct rthulhu_dispatched` in bpf/intf.h).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct DispatchedRecord {
+    pid: i32,
+    cpu: i32,
+    slice_ns: u64,
+    vtime: u64,
+    flags: u64,
+}
+
+/// `struct rthulhu_select_cpu` in bpf/intf.h.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+struct SelectCpuArg {
+    pid: i32,
+    prev_cpu: i32,
+    cpu: i32,
+    pad: i32,
+}
+
+// Layouts shared with bpf/intf.h (which asserts the same sizes on its side).
+const _: () = assert!(size_of::<QueuedTask>() == 88);
+const _: () = assert!(std::mem::offset_of!(QueuedTask, comm) == 72);
+const _: () = assert!(size_of::<DispatchedRecord>() == 32);
+const _: () = assert!(size_of::<SelectCpuArg>() == 16);
+
+/// Set by SIGINT/SIGTERM.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+/// Routes SIGINT and SIGTERM to a flag the loop checks. No SA_RESTART, so a
+/// blocked poll returns at once.
+pub fn install_signal_handlers() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// The loaded (and later attached) BPF scheduler.
+pub struct BpfKernel<'obj> {
+    skel: MainSkel<'obj>,
+    ring: RingBuffer<'static>,
+    inbox: Rc<RefCell<Inbox>>,
+    dispatched: UserRingBuffer,
+    link: Option<Link>,
+    nr_cpus: u32,
+    opts: BpfOptions,
+    last_stats: Instant,
+}
+
+#[derive(Default)]
+struct Inbox {
+    tasks: VecDeque<QueuedTask>,
+    woken: bool,
+}
+
+impl<'obj> BpfKernel<'obj> {
+    /// Opens and loads the BPF program (verifier included) without attaching it.
+    pub fn load(obj: &'obj mut MaybeUninit<OpenObject>, opts: BpfOptions) -> Result<Self, KernelError> {
+        fn err(what: &'static str) -> impl Fn(libbpf_rs::Error) -> KernelError {
+            move |e| KernelError(format!("{what}: {e}"))
+        }
+        let mut open = MainSkelBuilder::default().open(obj).map_err(err("opening the BPF object"))?;
+        let ro = open.maps.rodata_data.as_deref_mut().expect("BPF rodata");
+        ro.usersched_tgid = std::process::id() as i32;
+        ro.slice_ns = opts.slice_ns;
+        ro.heartbeat_ns = opts.heartbeat_ns;
+        ro.builtin_idle = opts.builtin_idle;
+        open.struct_ops.rthulhu_ops_mut().timeout_ms = opts.timeout_ms;
+        let skel = open.load().map_err(err("loading the BPF program"))?;
+
+        let inbox = Rc::new(RefCell::new(Inbox::default()));
+        let sink = inbox.clone();
+        let mut rb = RingBufferBuilder::new();
+        rb.add(&skel.maps.queued, move |data: &[u8]| {
+            let mut inbox = sink.borrow_mut();
+            if data.len() < size_of::<QueuedTask>() {
+                return 0;
+            }
+            // SAFETY: the record has QueuedTask's layout (checked above and in intf.h).
+            let t: QueuedTask = unsafe { std::ptr::read_unaligned(data.as_ptr().cast()) };
+            if t.pid == 0 {
+                inbox.woken = true;
+            } else {
+                inbox.tasks.push_back(t);
+            }
+            0
+        })
+        .map_err(err("setting up the queued ring"))?;
+        let ring = rb.build().map_err(err("setting up the queued ring"))?;
+        let dispatched = UserRingBuffer::new(&skel.maps.dispatched).map_err(err("setting up the dispatch ring"))?;
+        Ok(BpfKernel {
+            skel,
+            ring,
+            inbox,
+            dispatched,
+            link: None,
+            nr_cpus: libbpf_rs::num_possible_cpus().unwrap_or(1) as u32,
+            opts,
+            last_stats: Instant::now(),
+        })
+    }
+
+    /// Registers the scheduler with sched_ext: from here on it schedules the machine.
+    pub fn attach(&mut self) -> Result<(), KernelError> {
+        let link = self
+            .skel
+            .maps
+            .rthulhu_ops
+            .attach_struct_ops()
+            .map_err(|e| KernelError(format!("attaching the scheduler: {e}")))?;
+        self.link = Some(link);
+        Ok(())
+    }
+
+    /// Unregisters the scheduler; the kernel falls back to its default one.
+    pub fn detach(&mut self) {
+        self.link.take();
+    }
+
+    fn exit_info(&self) -> Option<ExitInfo> {
+        let bss = self.skel.maps.bss_data.as_deref()?;
+        // SAFETY: plain reads of a field the BPF exit callback writes last.
+        let kind = unsafe { std::ptr::read_volatile(&bss.exit_info.kind) };
+        if kind == 0 {
+            return None;
+        }
+        let text = |b: &[i8]| {
+            let bytes: Vec<u8> = b.iter().map(|&c| c as u8).collect();
+            CStr::from_bytes_until_nul(&bytes).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+        };
+        Some(ExitInfo {
+            kind: ExitKind::from_raw(kind as u64),
+            code: bss.exit_info.code,
+            reason: text(&bss.exit_info.reason),
+            message: text(&bss.exit_info.msg),
+        })
+    }
+
+    fn print_stats(&mut self) {
+        let Some(every) = self.opts.stats_every else { return };
+        if self.last_stats.elapsed() < every {
+            return;
+        }
+        self.last_stats = Instant::now();
+        let c = self.counters();
+        println!(
+            "rthulhu: running {} queued {} scheduled {} | dispatched user {} kernel {} bounced {} failed {} | congested {}",
+            c.nr_running,
+            c.nr_queued,
+            c.nr_scheduled,
+            c.nr_user_dispatches,
+            c.nr_kernel_dispatches,
+            c.nr_bounce_dispatches,
+            c.nr_failed_dispatches,
+            c.nr_sched_congested
+        );
+    }
+
+    fn bss(&self) -> &skel::types::bss {
+        self.skel.maps.bss_data.as_deref().expect("BPF bss")
+    }
+}
+
+impl Kernel for BpfKernel<'_> {
+    fn wait(&mut self) -> Result<Wake, KernelError> {
+        loop {
+            self.print_stats();
+            if let Some(info) = self.exit_info() {
+                self.detach();
+                return Ok(Wake::Exit(info));
+            }
+            if STOP.load(Ordering::Relaxed) {
+                self.detach();
+                // The kernel's exit callback ran on detach; report what it saw.
+                let info = self.exit_info().unwrap_or(ExitInfo {
+                    kind: ExitKind::Unregistered,
+                    code: 0,
+                    reason: "stopped by signal".into(),
+                    message: String::new(),
+                });
+                return Ok(Wake::Exit(info));
+            }
+            {
+                let mut inbox = self.inbox.borrow_mut();
+                if !inbox.tasks.is_empty() || std::mem::take(&mut inbox.woken) {
+                    return Ok(Wake::Work);
+                }
+            }
+            // Blocks in epoll until BPF queues something (or the heartbeat fires).
+            let rc = self.ring.poll_raw(POLL);
+            if rc < 0 && rc != -libc::EINTR {
+                return Err(KernelError(format!("polling the queued ring: errno {}", -rc)));
+            }
+        }
+    }
+
+    fn dequeue(&mut self) -> Option<QueuedTask> {
+        let mut inbox = self.inbox.borrow_mut();
+        if inbox.tasks.is_empty() {
+            drop(inbox);
+            // Pick up what arrived since the last poll, without blocking.
+            self.ring.consume_raw();
+            inbox = self.inbox.borrow_mut();
+        }
+        inbox.tasks.pop_front()
+    }
+
+    fn dispatch(&mut self, d: &DispatchedTask) -> Result<(), KernelError> {
+        let rec = DispatchedRecord {
+            pid: d.pid,
+            cpu: d.cpu.cpu().map_or(-1, |c| c as i32),
+            slice_ns: d.slice_ns,
+            vtime: d.vtime,
+            flags: d.flags,
+        };
+        let mut sample = self
+            .dispatched
+            .reserve(size_of::<DispatchedRecord>())
+            .map_err(|e| KernelError(format!("dispatch ring full: {e}")))?;
+        // SAFETY: the sample is exactly one record long.
+        unsafe { std::ptr::write_unaligned(sample.as_mut_ptr().cast(), rec) };
+        self.dispatched.submit(sample).map_err(|e| KernelError(format!("dispatch ring: {e}")))
+    }
+
+    fn default_select_cpu(&mut self, task: &QueuedTask) -> CpuTarget {
+        let mut arg = SelectCpuArg { pid: task.pid, prev_cpu: task.cpu, ..Default::default() };
+        // SAFETY: SelectCpuArg is plain old data of the size BPF expects.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut((&mut arg as *mut SelectCpuArg).cast::<u8>(), size_of::<SelectCpuArg>())
+        };
+        let mut input = ProgramInput::default();
+        input.context_in = Some(bytes);
+        let prog = &self.skel.progs.default_select_cpu;
+        match prog.test_run(input) {
+            Ok(_) if arg.cpu >= 0 => CpuTarget::Cpu(arg.cpu as u32),
+            _ => CpuTarget::Cpu(task.cpu.max(0) as u32),
+        }
+    }
+
+    fn nr_cpus(&self) -> u32 {
+        self.nr_cpus
+    }
+
+    fn now_ns(&self) -> u64 {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: valid out-pointer; CLOCK_MONOTONIC is what bpf_ktime_get_ns uses.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    }
+
+    fn counters(&self) -> Counters {
+        let b = self.bss();
+        Counters {
+            nr_queued: self.inbox.borrow().tasks.len() as u64,
+            nr_scheduled: b.nr_scheduled,
+            nr_running: b.nr_running,
+            nr_online_cpus: b.nr_online_cpus,
+            nr_user_dispatches: b.nr_user_dispatches,
+            nr_kernel_dispatches: b.nr_kernel_dispatches,
+            nr_bounce_dispatches: b.nr_bounce_dispatches,
+            nr_failed_dispatches: b.nr_failed_dispatches,
+            nr_sched_congested: b.nr_sched_congested,
+        }
+    }
+
+    fn dispatch_budget(&self) -> u64 {
+        let b = self.bss();
+        b.nr_online_cpus.saturating_sub(b.nr_running).max(1)
+    }
+
+    fn set_scheduled(&mut self, pending: u64) {
+        if let Some(b) = self.skel.maps.bss_data.as_deref_mut() {
+            b.nr_scheduled = pending;
+        }
+    }
+}
+
+impl Drop for BpfKernel<'_> {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-only
+# The VM tests, run inside the guest by tests/vm/tests (one boot for all):
+# the real host + BPF + plugins on a real sched_ext kernel.
+# Usage: suite.sh BIN_DIR PLUGIN...
+set -u
+bin=$1
+shift
+plugins=("$@")
+scx=/sys/kernel/sched_ext
+work=$(mktemp -d)
+cd "$work" || exit 1 # stress-ng wants a writable working directory
+passed=0
+failed=0
+
+ok() { echo "ok - $1"; passed=$((passed + 1)); }
+fail() { echo "FAIL - $1: $2"; failed=$((failed + 1)); }
+state() { cat $scx/state 2>/dev/null; }
+
+# Waits up to $2 tenths of a second for the sched_ext state to become $1.
+wait_state() {
+  local want=$1 n=${2:-100}
+  while [ "$n" -gt 0 ]; do
+    [ "$(state)" = "$want" ] && return 0
+    sleep 0.1
+    n=$((n - 1))
+  done
+  return 1
+}
+
+# Starts the host in the background: start_host LOG ARGS...; sets $host_pid.
+start_host() {
+  local log=$1
+  shift
+  "$bin/host" "$@" > "$log" 2>&1 &
+  host_pid=$!
+}
+
+plugin_path() { echo "$bin/lib$1.so"; }
+
+config() { # config NAME PLUGIN TABLE → path of a config file
+  printf '[scheduler]\nplugin = "%s"\n[plugin]\n%s\n' "$(plugin_path "$2")" "$3" > "$work/$1.toml"
+  echo "$work/$1.toml"
+}
+
+# Last value of counter $2 ("user", "kernel"…) in a --stats log.
+stat_of() { grep -ao "$2 [0-9]*" "$1" | tail -1 | awk '{print $2}'; }
+
+for p in "${plugins[@]}"; do
+  # attach: enabled under our name, SIGINT detaches cleanly.
+  log=$work/attach-$p.log
+  start_host "$log" --plugin "$(plugin_path "$p")"
+  if ! wait_state enabled 200; then
+    fail "$p attach" "state $(state): $(tail -3 "$log")"
+  elif [ "$(cat $scx/root/ops 2>/dev/null)" != rthulhu ]; then
+    fail "$p attach" "ops is '$(cat $scx/root/ops 2>/dev/null)'"
+  else
+    ok "$p attach (state enabled, ops rthulhu)"
+  fi
+  kill -INT $host_pid
+  wait $host_pid
+  rc=$?
+  if [ $rc -eq 0 ] && wait_state disabled 20; then ok "$p SIGINT detaches (exit 0)"; else fail "$p SIGINT" "rc $rc, state $(state): $(tail -3 "$log")"; fi
+
+  # The scx community's bar: survive stress-ng for 31 s, exit 0 at 45 s.
+  log=$work/stress-$p.log
+  timeout --preserve-status 45 "$bin/host" --plugin "$(plugin_path "$p")" --stats 5 > "$log" 2>&1 &
+  host_pid=$!
+  wait_state enabled 200
+  stress-ng -t 31 --aggressive -M -c 2 -f 2 > "$work/stress-ng.log" 2>&1
+  srn=$?
+  wait $host_pid
+  rc=$?
+  user=$(stat_of "$log" user)
+  if [ $rc -eq 0 ] && [ $srn -eq 0 ] && [ "${user:-0}" -gt 0 ] && ! grep -aq ejected "$log"; then
+    ok "$p stress-ng bar (exit 0, $user user dispatches)"
+  else
+    fail "$p stress-ng bar" "host rc $rc, stress-ng rc $srn, user dispatches ${user:-none}: $(tail -3 "$log")"
+  fi
+
+  # hackbench completes while attached, and we are still attached after it.
+  log=$work/hackbench-$p.log
+  start_host "$log" --plugin "$(plugin_path "$p")"
+  wait_state enabled 200
+  if timeout 300 hackbench -g 4 -l 200 > "$work/hackbench.out" 2>&1 && [ "$(state)" = enabled ]; then
+    ok "$p hackbench ($(grep -ao 'Time: [0-9.]*' "$work/hackbench.out"))"
+  else
+    fail "$p hackbench" "state $(state): $(tail -2 "$work/hackbench.out") $(tail -2 "$log")"
+  fi
+  kill -INT $host_pid
+  wait $host_pid
+
+  # kill -9: the kernel falls back to its default scheduler within a second.
+  log=$work/kill-$p.log
+  start_host "$log" --plugin "$(plugin_path "$p")"
+  wait_state enabled 200
+  kill -9 $host_pid
+  wait $host_pid 2>/dev/null
+  if wait_state disabled 10; then ok "$p kill -9 leaves the default scheduler within 1 s"; else fail "$p kill -9" "state still $(state)"; fi
+  wait_state disabled 100
+done
+
+# A plugin that stops handing tasks back is ejected by the kernel watchdog.
+log=$work/hoarder.log
+start_host "$log" --config "$(config hoard hoarder 'after_calls = 200')" --timeout-ms 2000
+wait_state enabled 200
+stress-ng -t 8 -c 2 > /dev/null 2>&1 &
+load=$!
+wait $host_pid
+rc=$?
+kill $load 2>/dev/null
+wait $load 2>/dev/null
+if [ $rc -ne 0 ] && grep -aq "runnable task stall" "$log" && wait_state disabled 50 && echo usable > "$work/after"; then
+  ok "stalling plugin is ejected by the watchdog (exit $rc: $(grep -ao 'ejected.*' "$log" | head -c 120))"
+else
+  fail "stalling plugin" "rc $rc, state $(state): $(tail -3 "$log")"
+fi
+
+# A plugin that panics mid-run: clean detach, non-zero exit.
+log=$work/panic.log
+start_host "$log" --config "$(config panic panicky 'after_calls = 300')"
+wait_state enabled 200
+stress-ng -t 8 -c 2 > /dev/null 2>&1 &
+load=$!
+wait $host_pid
+rc=$?
+kill $load 2>/dev/null
+wait $load 2>/dev/null
+if [ $rc -eq 1 ] && grep -aq "panicked in select_cpu" "$log" && wait_state disabled 50; then
+  ok "panicking plugin: clean detach, exit 1"
+else
+  fail "panicking plugin" "rc $rc, state $(state): $(tail -3 "$log")"
+fi
+
+echo "vm: $passed passed, $failed failed"
+[ $failed -eq 0 ]
