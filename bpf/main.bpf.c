@@ -7,8 +7,8 @@
  *             kthreads are dispatched here directly: they must never wait on
  *             user space);
  * dispatch  → drain the host's decisions from the "dispatched" user ring
- *             buffer into the shared queue or a CPU's local queue, then pull
- *             work from the shared queue.
+ *             buffer into the shared queue (ordered by the plugin's vtime) or
+ *             a CPU's local queue, then pull work from the shared queue.
  * A heartbeat timer wakes the host while it holds tasks, so it never starves.
  */
 #include "vmlinux.h"
@@ -46,6 +46,8 @@ extern s32 scx_bpf_select_cpu_dfl(struct task_struct *p, s32 prev_cpu, u64 wake_
 extern s32 scx_bpf_select_cpu_and(struct task_struct *p, s32 prev_cpu, u64 wake_flags,
 				  const struct cpumask *cpus_allowed, u64 flags) __ksym;
 extern void scx_bpf_dsq_insert(struct task_struct *p, u64 dsq_id, u64 slice, u64 enq_flags) __ksym;
+extern void scx_bpf_dsq_insert_vtime(struct task_struct *p, u64 dsq_id, u64 slice, u64 vtime,
+				     u64 enq_flags) __ksym;
 extern bool scx_bpf_dsq_move_to_local(u64 dsq_id) __ksym;
 extern s32 scx_bpf_create_dsq(u64 dsq_id, s32 node) __ksym;
 extern void scx_bpf_kick_cpu(s32 cpu, u64 flags) __ksym;
@@ -104,6 +106,8 @@ struct {
 struct task_times {
 	u64 start_ts;
 	u64 stop_ts;
+	/* Counted in nr_running (tasks already running at attach time are not). */
+	bool counted;
 };
 
 struct {
@@ -182,8 +186,13 @@ s32 rthulhu_select_cpu(unsigned long long *ctx)
 	if (!builtin_idle)
 		return prev_cpu;
 	cpu = scx_bpf_select_cpu_dfl(p, prev_cpu, wake_flags, &is_idle);
-	/* An idle CPU waits for nobody: run there now, no round trip to the host. */
-	if (is_idle) {
+	/*
+	 * An idle CPU waits for nobody: run there now, no round trip to the
+	 * host. But only while nothing else waits, or direct wake-ups would
+	 * keep CPUs busy and starve the tasks the host already ordered.
+	 */
+	if (is_idle && !nr_scheduled && !scx_bpf_dsq_nr_queued(RTHULHU_SHARED_DSQ) &&
+	    !bpf_ringbuf_query(&queued, BPF_RB_AVAIL_DATA)) {
 		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, 0);
 		__sync_fetch_and_add(&nr_kernel_dispatches, 1);
 	}
@@ -210,7 +219,7 @@ int rthulhu_enqueue(unsigned long long *ctx)
 	r = bpf_ringbuf_reserve(&queued, sizeof(*r), 0);
 	if (!r) {
 		/* Ring full: keep the task moving on the shared queue. */
-		scx_bpf_dsq_insert(p, RTHULHU_SHARED_DSQ, slice_ns, enq_flags);
+		scx_bpf_dsq_insert_vtime(p, RTHULHU_SHARED_DSQ, slice_ns, p->scx.dsq_vtime, enq_flags);
 		__sync_fetch_and_add(&nr_sched_congested, 1);
 		__sync_fetch_and_add(&nr_kernel_dispatches, 1);
 		kick_idle_cpu(p);
@@ -259,12 +268,18 @@ static long dispatch_one(struct bpf_dynptr *dynptr, struct drain_ctx *dc)
 		else
 			__sync_fetch_and_add(&nr_bounce_dispatches, 1);
 	}
-	p->scx.dsq_vtime = d.vtime;
-	scx_bpf_dsq_insert(p, dsq, d.slice_ns, d.flags);
-	if (dsq == RTHULHU_SHARED_DSQ)
+	/*
+	 * The shared queue is ordered by the plugin's vtime, so a task the
+	 * plugin ranks higher overtakes ones it handed over earlier.
+	 */
+	if (dsq == RTHULHU_SHARED_DSQ) {
+		scx_bpf_dsq_insert_vtime(p, dsq, d.slice_ns, d.vtime, d.flags);
 		kick_idle_cpu(p);
-	else
+	} else {
+		p->scx.dsq_vtime = d.vtime;
+		scx_bpf_dsq_insert(p, dsq, d.slice_ns, d.flags);
 		scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
+	}
 	bpf_task_release(p);
 	__sync_fetch_and_add(&nr_user_dispatches, 1);
 	return --dc->slots == 0;
@@ -291,11 +306,14 @@ int rthulhu_running(unsigned long long *ctx)
 	struct task_struct *p = (void *)ctx[0];
 	struct task_times *tt;
 
-	if (!is_host_thread(p))
-		__sync_fetch_and_add(&nr_running, 1);
 	tt = bpf_task_storage_get(&task_times, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (tt)
-		tt->start_ts = bpf_ktime_get_ns();
+	if (!tt)
+		return 0;
+	tt->start_ts = bpf_ktime_get_ns();
+	if (!is_host_thread(p)) {
+		tt->counted = true;
+		__sync_fetch_and_add(&nr_running, 1);
+	}
 	return 0;
 }
 
@@ -305,11 +323,14 @@ int rthulhu_stopping(unsigned long long *ctx)
 	struct task_struct *p = (void *)ctx[0];
 	struct task_times *tt;
 
-	if (!is_host_thread(p))
-		__sync_fetch_and_sub(&nr_running, 1);
 	tt = bpf_task_storage_get(&task_times, p, 0, 0);
-	if (tt)
-		tt->stop_ts = bpf_ktime_get_ns();
+	if (!tt)
+		return 0;
+	tt->stop_ts = bpf_ktime_get_ns();
+	if (tt->counted) {
+		tt->counted = false;
+		__sync_fetch_and_sub(&nr_running, 1);
+	}
 	return 0;
 }
 

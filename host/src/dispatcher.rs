@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use plugin_api::{
-    Counters, CpuTarget, CustomScheduler, DispatchedTask, HostServices, QueuedTask, Sched,
-    SchedulerBox,
+    Counters, CpuTarget, CustomScheduler, Decision, DispatchedTask, HostServices, QueuedTask,
+    Sched, SchedulerBox,
 };
 
 use crate::kernel::{ExitInfo, Kernel, KernelError, Wake};
@@ -13,30 +13,20 @@ use crate::kernel::{ExitInfo, Kernel, KernelError, Wake};
 /// A policy as the loop calls it: a loaded plugin ([`SchedulerBox`]) or, for
 /// benchmarks, the same policy linked in directly ([`Native`]).
 pub trait Policy {
-    /// See [`CustomScheduler::drain_queued_tasks`].
-    fn drain(&mut self, s: &mut Sched<'_>) -> Result<(), String>;
-    /// See [`CustomScheduler::select_queued_task`].
-    fn select(&mut self, s: &mut Sched<'_>) -> Result<Option<QueuedTask>, String>;
-    /// See [`CustomScheduler::time_slice`].
-    fn slice(&mut self, s: &mut Sched<'_>, t: &QueuedTask) -> Result<u64, String>;
-    /// See [`CustomScheduler::select_cpu`].
-    fn cpu(&mut self, s: &mut Sched<'_>, t: &QueuedTask) -> Result<CpuTarget, String>;
+    /// [`CustomScheduler::drain_queued_tasks`], then the pool count.
+    fn drain(&mut self, s: &mut Sched<'_>) -> Result<u64, String>;
+    /// The next decision ([`plugin_api::decide`]).
+    fn next(&mut self, s: &mut Sched<'_>) -> Result<Option<Decision>, String>;
     /// See [`CustomScheduler::pool_count`].
     fn pool_count(&mut self) -> Result<u64, String>;
 }
 
 impl Policy for SchedulerBox {
-    fn drain(&mut self, s: &mut Sched<'_>) -> Result<(), String> {
+    fn drain(&mut self, s: &mut Sched<'_>) -> Result<u64, String> {
         self.drain_queued_tasks(s)
     }
-    fn select(&mut self, s: &mut Sched<'_>) -> Result<Option<QueuedTask>, String> {
-        self.select_queued_task(s)
-    }
-    fn slice(&mut self, s: &mut Sched<'_>, t: &QueuedTask) -> Result<u64, String> {
-        self.time_slice(s, t)
-    }
-    fn cpu(&mut self, s: &mut Sched<'_>, t: &QueuedTask) -> Result<CpuTarget, String> {
-        self.select_cpu(s, t)
+    fn next(&mut self, s: &mut Sched<'_>) -> Result<Option<Decision>, String> {
+        self.next_decision(s)
     }
     fn pool_count(&mut self) -> Result<u64, String> {
         SchedulerBox::pool_count(self)
@@ -47,31 +37,35 @@ impl Policy for SchedulerBox {
 pub struct Native<T>(pub T);
 
 impl<T: CustomScheduler> Policy for Native<T> {
-    fn drain(&mut self, s: &mut Sched<'_>) -> Result<(), String> {
+    fn drain(&mut self, s: &mut Sched<'_>) -> Result<u64, String> {
         self.0.drain_queued_tasks(s);
-        Ok(())
+        Ok(self.0.pool_count())
     }
-    fn select(&mut self, s: &mut Sched<'_>) -> Result<Option<QueuedTask>, String> {
-        Ok(self.0.select_queued_task(s))
-    }
-    fn slice(&mut self, s: &mut Sched<'_>, t: &QueuedTask) -> Result<u64, String> {
-        Ok(self.0.time_slice(s, t))
-    }
-    fn cpu(&mut self, s: &mut Sched<'_>, t: &QueuedTask) -> Result<CpuTarget, String> {
-        Ok(self.0.select_cpu(s, t))
+    fn next(&mut self, s: &mut Sched<'_>) -> Result<Option<Decision>, String> {
+        Ok(plugin_api::decide(
+            &mut self.0,
+            s,
+            &std::cell::Cell::new(""),
+        ))
     }
     fn pool_count(&mut self) -> Result<u64, String> {
         Ok(self.0.pool_count())
     }
 }
 
-/// Host default slice: `max(default_ns / waiting, min_ns)`.
+/// Host default slice, `max(default_ns / waiting, min_ns)`, and how far
+/// ahead of the CPUs the loop hands tasks to the kernel.
 #[derive(Debug, Clone, Copy)]
 pub struct SliceOpts {
     /// Slice when one task waits (ns).
     pub default_ns: u64,
     /// Floor under contention (ns).
     pub min_ns: u64,
+    /// Tasks per CPU handed to the kernel beyond what the CPUs can start.
+    /// 0 keeps every choice with the plugin until a CPU is free (exact
+    /// policy); more keeps CPUs busy while the host is on its way, but
+    /// those tasks are committed before the plugin sees later arrivals.
+    pub queue_ahead: u64,
 }
 
 impl Default for SliceOpts {
@@ -79,6 +73,7 @@ impl Default for SliceOpts {
         SliceOpts {
             default_ns: 5_000_000,
             min_ns: 500_000,
+            queue_ahead: 0,
         }
     }
 }
@@ -154,20 +149,25 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
         self.stats.rounds += 1;
         let policy = &mut self.policy;
         let mut host = Services(&mut self.kernel);
-        Sched::with(&mut host, |s| policy.drain(s)).map_err(LoopError::Plugin)?;
-        let mut waiting = policy.pool_count().map_err(LoopError::Plugin)?;
-        let budget = host.0.dispatch_budget();
+        let mut waiting = Sched::with(&mut host, |s| policy.drain(s)).map_err(LoopError::Plugin)?;
+        let capacity = u64::from(host.0.nr_cpus()) * (1 + self.slices.queue_ahead);
+        let budget = capacity.saturating_sub(host.0.occupancy());
         let mut sent = 0;
         while sent < budget {
-            let picked = Sched::with(&mut host, |s| policy.select(s)).map_err(LoopError::Plugin)?;
-            let Some(task) = picked else { break };
-            let mut slice =
-                Sched::with(&mut host, |s| policy.slice(s, &task)).map_err(LoopError::Plugin)?;
-            if slice == 0 {
-                slice = self.slices.for_waiting(waiting);
-            }
-            let cpu =
-                Sched::with(&mut host, |s| policy.cpu(s, &task)).map_err(LoopError::Plugin)?;
+            let next = Sched::with(&mut host, |s| policy.next(s)).map_err(LoopError::Plugin)?;
+            let Some(Decision {
+                task,
+                cpu,
+                slice_ns,
+            }) = next
+            else {
+                break;
+            };
+            let slice = if slice_ns == 0 {
+                self.slices.for_waiting(waiting)
+            } else {
+                slice_ns
+            };
             host.0.dispatch(&DispatchedTask::new(&task, cpu, slice))?;
             self.stats.decisions += 1;
             sent += 1;
@@ -209,6 +209,7 @@ mod tests {
         let s = SliceOpts {
             default_ns: 10_000,
             min_ns: 1_000,
+            queue_ahead: 0,
         };
         assert_eq!(s.for_waiting(0), 10_000);
         assert_eq!(s.for_waiting(1), 10_000);

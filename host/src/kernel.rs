@@ -100,10 +100,10 @@ pub trait Kernel {
     fn now_ns(&self) -> u64;
     /// Counters.
     fn counters(&self) -> Counters;
-    /// How many more tasks the CPUs can start now without queueing behind
-    /// each other. The loop dispatches no more than this, so the plugin's
-    /// order decides who runs next instead of a FIFO queue in the kernel.
-    fn dispatch_budget(&self) -> u64;
+    /// Tasks the kernel side has in hand: running, or dispatched and
+    /// waiting for a CPU. The loop keeps this at most
+    /// `nr_cpus * (1 + queue_ahead)` (see [`SliceOpts`](crate::dispatcher::SliceOpts)).
+    fn occupancy(&self) -> u64;
     /// Tells the kernel side how many tasks the plugin still holds.
     fn set_scheduled(&mut self, pending: u64);
 }

@@ -9,8 +9,8 @@ use rthulhu::{
     bpf::{self, BpfKernel, BpfOptions},
     config::Config,
     dispatcher::{Dispatcher, LoopError, SliceOpts},
-    kernel::ExitKind,
     input::InputError,
+    kernel::ExitKind,
     plugin::Plugin,
     sim::{self, workload::Workload},
 };
@@ -48,6 +48,12 @@ struct Cli {
     /// Smallest slice the host hands out under contention, in µs [default: 500].
     #[arg(long, value_name = "N")]
     slice_min_us: Option<u64>,
+
+    /// Tasks per CPU handed to the kernel beyond what the CPUs can start now:
+    /// 0 leaves every choice to the plugin until a CPU is free (exact policy);
+    /// 1 or more trades some of that for throughput.
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=64))]
+    queue_ahead: u64,
 
     /// Print one line of kernel-side counters every SECS seconds (real kernel only).
     #[arg(long, value_name = "SECS")]
@@ -130,8 +136,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let Some(workload) = workload else {
         return attach(&cli, &plugin, &config, scheduler, slices);
     };
-    let report =
-        sim::simulate(plugin.name(), scheduler, &workload, slices).context("simulation stopped")?;
+    let report = sim::simulate(
+        plugin.name(),
+        scheduler,
+        &workload,
+        slices,
+        !cli.no_builtin_idle,
+    )
+    .context("simulation stopped")?;
     if cli.json {
         println!(
             "{}",
@@ -166,10 +178,15 @@ fn attach(
     };
     loop {
         let mut object = std::mem::MaybeUninit::uninit();
-        let mut kernel = BpfKernel::load(&mut object, opts).context("preparing the BPF scheduler")?;
+        let mut kernel =
+            BpfKernel::load(&mut object, opts).context("preparing the BPF scheduler")?;
         lock_memory();
         kernel.attach().context("attaching to sched_ext")?;
-        eprintln!("host: scheduling with plugin {} {} (Ctrl-C to stop)", plugin.name(), plugin.version());
+        eprintln!(
+            "host: scheduling with plugin {} {} (Ctrl-C to stop)",
+            plugin.name(),
+            plugin.version()
+        );
         let mut d = Dispatcher::new(scheduler, kernel, slices);
         let outcome = d.run();
         d.kernel.detach();
@@ -182,16 +199,31 @@ fn attach(
             Err(e) => return Err(e).context("dispatch loop failed; detached"),
         };
         if info.code & bpf::ECODE_RESTART != 0 {
-            eprintln!("host: the kernel asked for a restart ({}): restarting", info.reason);
-            scheduler = plugin.construct(&config.plugin_table).map_err(anyhow::Error::msg)?;
+            eprintln!(
+                "host: the kernel asked for a restart ({}): restarting",
+                info.reason
+            );
+            scheduler = plugin
+                .construct(&config.plugin_table)
+                .map_err(anyhow::Error::msg)?;
             continue;
         }
         if info.kind.is_ejection() {
-            eprintln!("host: ejected by the kernel ({:?}): {}: {}", info.kind, info.reason, info.message);
+            eprintln!(
+                "host: ejected by the kernel ({:?}): {}: {}",
+                info.kind, info.reason, info.message
+            );
             return Ok(ExitCode::from(1));
         }
-        let how = if info.kind == ExitKind::Unregistered { "detached" } else { "stopped" };
-        eprintln!("host: {how} ({}), {} tasks dispatched", info.reason, d.stats.decisions);
+        let how = if info.kind == ExitKind::Unregistered {
+            "detached"
+        } else {
+            "stopped"
+        };
+        eprintln!(
+            "host: {how} ({}), {} tasks dispatched",
+            info.reason, d.stats.decisions
+        );
         return Ok(ExitCode::SUCCESS);
     }
 }
@@ -210,6 +242,7 @@ fn slice_opts(cli: &Cli, config: &Config) -> Result<SliceOpts, InputError> {
     let s = SliceOpts {
         default_ns: us(cli.slice_us.or(config.slice_us), default.default_ns),
         min_ns: us(cli.slice_min_us.or(config.slice_min_us), default.min_ns),
+        queue_ahead: cli.queue_ahead,
     };
     if s.default_ns == 0 || s.min_ns == 0 || s.min_ns > s.default_ns {
         return Err(InputError::new(

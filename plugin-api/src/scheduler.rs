@@ -1,6 +1,7 @@
 //! `CustomScheduler`, the trait a policy implements, and its FFI-safe box.
 
 use std::any::Any;
+use std::cell::Cell;
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -18,7 +19,7 @@ use crate::task::{CpuTarget, QueuedTask};
 /// The host calls, on every wake-up: [`drain_queued_tasks`](Self::drain_queued_tasks)
 /// once, then for each task [`select_queued_task`](Self::select_queued_task) →
 /// [`time_slice`](Self::time_slice) → [`select_cpu`](Self::select_cpu), until
-/// `select_queued_task` returns `None`; then it reports
+/// `select_queued_task` returns `None` or every CPU has work; then it reports
 /// [`pool_count`](Self::pool_count) to the kernel side. Tasks a plugin keeps in
 /// its pool stay runnable: holding one too long gets the scheduler ejected by
 /// the kernel's watchdog.
@@ -92,6 +93,42 @@ pub trait CustomScheduler: Send + Sized + 'static {
     }
 }
 
+/// One scheduling decision: a task, where it runs, and for how long
+/// (`slice_ns` 0: the host decides).
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// The task, as the plugin handed it back (its `vtime` may be updated).
+    pub task: QueuedTask,
+    /// Where it runs.
+    pub cpu: CpuTarget,
+    /// Its slice in ns, 0 for the host's default.
+    pub slice_ns: u64,
+}
+
+/// The next decision of `sched`: [`CustomScheduler::select_queued_task`], then
+/// [`time_slice`](CustomScheduler::time_slice) and
+/// [`select_cpu`](CustomScheduler::select_cpu) for that task. `stage` names
+/// the method running, for error messages.
+#[doc(hidden)]
+pub fn decide<T: CustomScheduler>(
+    sched: &mut T,
+    s: &mut Sched<'_>,
+    stage: &Cell<&'static str>,
+) -> Option<Decision> {
+    stage.set("select_queued_task");
+    let task = sched.select_queued_task(s)?;
+    stage.set("time_slice");
+    let slice_ns = sched.time_slice(s, &task);
+    stage.set("select_cpu");
+    let cpu = sched.select_cpu(s, &task);
+    Some(Decision {
+        task,
+        cpu,
+        slice_ns,
+    })
+}
+
 /// Opaque stand-in for a plugin's scheduler behind a [`SchedulerBox`].
 #[repr(C)]
 #[derive(StableAbi)]
@@ -102,19 +139,18 @@ pub struct ErasedScheduler {
 type Call<T> = RResult<T, RString>;
 
 /// Function table behind [`SchedulerBox`]. New entries are only ever appended.
+///
+/// One call per decision (not one per trait method) keeps the cost of the
+/// boundary small next to the policy's own work.
 #[doc(hidden)]
 #[repr(C)]
 #[derive(StableAbi)]
 #[sabi(kind(Prefix(prefix_ref = SchedulerVTableRef)))]
 #[sabi(missing_field(panic))]
 pub struct SchedulerVTable {
-    drain_queued_tasks: unsafe extern "C" fn(*mut ErasedScheduler, &mut Sched<'_>) -> Call<()>,
-    select_queued_task:
-        unsafe extern "C" fn(*mut ErasedScheduler, &mut Sched<'_>) -> Call<ROption<QueuedTask>>,
-    select_cpu:
-        unsafe extern "C" fn(*mut ErasedScheduler, &mut Sched<'_>, &QueuedTask) -> Call<CpuTarget>,
-    time_slice:
-        unsafe extern "C" fn(*mut ErasedScheduler, &mut Sched<'_>, &QueuedTask) -> Call<u64>,
+    drain_queued_tasks: unsafe extern "C" fn(*mut ErasedScheduler, &mut Sched<'_>) -> Call<u64>,
+    next_decision:
+        unsafe extern "C" fn(*mut ErasedScheduler, &mut Sched<'_>) -> Call<ROption<Decision>>,
     pool_count: unsafe extern "C" fn(*mut ErasedScheduler) -> Call<u64>,
     reconfigure: unsafe extern "C" fn(*mut ErasedScheduler, RStr<'_>) -> Call<()>,
     #[sabi(last_prefix_field)]
@@ -122,7 +158,8 @@ pub struct SchedulerVTable {
 }
 
 /// A plugin's scheduler as the host holds it: owned, FFI-safe, and with every
-/// panic of the plugin turned into an `Err` carrying the panic message.
+/// panic of the plugin turned into an `Err` naming the method and carrying
+/// the panic message.
 ///
 /// After a panic the box is poisoned: every later call fails without entering
 /// the plugin again.
@@ -149,40 +186,18 @@ impl SchedulerBox {
         }
     }
 
-    /// See [`CustomScheduler::drain_queued_tasks`].
+    /// [`CustomScheduler::drain_queued_tasks`], then the pool count.
     #[inline]
-    pub fn drain_queued_tasks(&mut self, sched: &mut Sched<'_>) -> Result<(), String> {
+    pub fn drain_queued_tasks(&mut self, sched: &mut Sched<'_>) -> Result<u64, String> {
         // SAFETY: `this` matches `vtable` (both from `new`) and is live until drop.
         plain(unsafe { (self.vtable.drain_queued_tasks())(self.this, sched) })
     }
 
-    /// See [`CustomScheduler::select_queued_task`].
+    /// The next decision (see [`decide`]), or `None` when the pool has nothing to run.
     #[inline]
-    pub fn select_queued_task(
-        &mut self,
-        sched: &mut Sched<'_>,
-    ) -> Result<Option<QueuedTask>, String> {
+    pub fn next_decision(&mut self, sched: &mut Sched<'_>) -> Result<Option<Decision>, String> {
         // SAFETY: as above.
-        plain(unsafe { (self.vtable.select_queued_task())(self.this, sched) })
-            .map(ROption::into_option)
-    }
-
-    /// See [`CustomScheduler::select_cpu`].
-    #[inline]
-    pub fn select_cpu(
-        &mut self,
-        sched: &mut Sched<'_>,
-        task: &QueuedTask,
-    ) -> Result<CpuTarget, String> {
-        // SAFETY: as above.
-        plain(unsafe { (self.vtable.select_cpu())(self.this, sched, task) })
-    }
-
-    /// See [`CustomScheduler::time_slice`].
-    #[inline]
-    pub fn time_slice(&mut self, sched: &mut Sched<'_>, task: &QueuedTask) -> Result<u64, String> {
-        // SAFETY: as above.
-        plain(unsafe { (self.vtable.time_slice())(self.this, sched, task) })
+        plain(unsafe { (self.vtable.next_decision())(self.this, sched) }).map(ROption::into_option)
     }
 
     /// See [`CustomScheduler::pool_count`].
@@ -216,10 +231,10 @@ struct Guarded<T> {
 }
 
 /// Runs `f` on the plugin's scheduler, catching any panic so that it never
-/// unwinds into the host.
+/// unwinds into the host; `stage` names the trait method `f` is in.
 unsafe fn guarded<T: CustomScheduler, R>(
     this: *mut ErasedScheduler,
-    what: &str,
+    stage: &Cell<&'static str>,
     f: impl FnOnce(&mut T) -> R,
 ) -> Call<R> {
     let g = &mut *this.cast::<Guarded<T>>();
@@ -234,8 +249,9 @@ unsafe fn guarded<T: CustomScheduler, R>(
         Err(payload) => {
             g.poisoned = true;
             RResult::RErr(RString::from(format!(
-                "plugin {} panicked in {what}: {}",
+                "plugin {} panicked in {}: {}",
                 T::NAME,
+                stage.get(),
                 panic_message(&*payload)
             )))
         }
@@ -257,9 +273,7 @@ struct VTableFor<T>(PhantomData<T>);
 impl<T: CustomScheduler> VTableFor<T> {
     const WM: &'static WithMetadata<SchedulerVTable> = &WithMetadata::new(SchedulerVTable {
         drain_queued_tasks: drain_queued_tasks::<T>,
-        select_queued_task: select_queued_task::<T>,
-        select_cpu: select_cpu::<T>,
-        time_slice: time_slice::<T>,
+        next_decision: next_decision::<T>,
         pool_count: pool_count::<T>,
         reconfigure: reconfigure::<T>,
         drop: drop_box::<T>,
@@ -270,39 +284,31 @@ impl<T: CustomScheduler> VTableFor<T> {
 unsafe extern "C" fn drain_queued_tasks<T: CustomScheduler>(
     this: *mut ErasedScheduler,
     s: &mut Sched<'_>,
-) -> Call<()> {
-    guarded::<T, _>(this, "drain_queued_tasks", |p| p.drain_queued_tasks(s))
-}
-unsafe extern "C" fn select_queued_task<T: CustomScheduler>(
-    this: *mut ErasedScheduler,
-    s: &mut Sched<'_>,
-) -> Call<ROption<QueuedTask>> {
-    guarded::<T, _>(this, "select_queued_task", |p| {
-        p.select_queued_task(s).into()
+) -> Call<u64> {
+    let stage = Cell::new("drain_queued_tasks");
+    guarded::<T, _>(this, &stage, |p| {
+        p.drain_queued_tasks(s);
+        stage.set("pool_count");
+        p.pool_count()
     })
 }
-unsafe extern "C" fn select_cpu<T: CustomScheduler>(
+unsafe extern "C" fn next_decision<T: CustomScheduler>(
     this: *mut ErasedScheduler,
     s: &mut Sched<'_>,
-    t: &QueuedTask,
-) -> Call<CpuTarget> {
-    guarded::<T, _>(this, "select_cpu", |p| p.select_cpu(s, t))
-}
-unsafe extern "C" fn time_slice<T: CustomScheduler>(
-    this: *mut ErasedScheduler,
-    s: &mut Sched<'_>,
-    t: &QueuedTask,
-) -> Call<u64> {
-    guarded::<T, _>(this, "time_slice", |p| p.time_slice(s, t))
+) -> Call<ROption<Decision>> {
+    let stage = Cell::new("select_queued_task");
+    guarded::<T, _>(this, &stage, |p| decide(p, s, &stage).into())
 }
 unsafe extern "C" fn pool_count<T: CustomScheduler>(this: *mut ErasedScheduler) -> Call<u64> {
-    guarded::<T, _>(this, "pool_count", |p| p.pool_count())
+    guarded::<T, _>(this, &Cell::new("pool_count"), |p| p.pool_count())
 }
 unsafe extern "C" fn reconfigure<T: CustomScheduler>(
     this: *mut ErasedScheduler,
     config: RStr<'_>,
 ) -> Call<()> {
-    match guarded::<T, _>(this, "reconfigure", |p| p.reconfigure(config.as_str())) {
+    match guarded::<T, _>(this, &Cell::new("reconfigure"), |p| {
+        p.reconfigure(config.as_str())
+    }) {
         RResult::ROk(Ok(())) => RResult::ROk(()),
         RResult::ROk(Err(e)) => RResult::RErr(e.into()),
         RResult::RErr(e) => RResult::RErr(e),

@@ -5,6 +5,10 @@ use abi_stable::StableAbi;
 /// Length of a task's command name, as the kernel stores it (`TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;
 
+/// [`QueuedTask::flags`] bit: the task was woken up (it slept), as opposed
+/// to re-queued after its slice ran out (the kernel's `SCX_ENQ_WAKEUP`).
+pub const ENQ_WAKEUP: u64 = 1;
+
 /// Weight of a nice-0 task in sched_ext's scale (`p->scx.weight`, 1..=10000).
 pub const WEIGHT_NICE_0: u64 = 100;
 
@@ -31,7 +35,7 @@ pub struct QueuedTask {
     pub cpu: i32,
     /// How many CPUs the task's affinity mask allows.
     pub nr_cpus_allowed: u32,
-    /// Enqueue flags from the kernel (`SCX_ENQ_*`).
+    /// Enqueue flags from the kernel (`SCX_ENQ_*`), e.g. [`ENQ_WAKEUP`].
     pub flags: u64,
     /// When the task last started running (ns, monotonic).
     pub start_ts: u64,
@@ -41,7 +45,9 @@ pub struct QueuedTask {
     pub exec_runtime: u64,
     /// Scheduling weight, 100 for nice 0 (see [`WEIGHT_NICE_0`]).
     pub weight: u64,
-    /// Virtual time; the plugin may rewrite it before handing the task back.
+    /// Virtual time. The plugin may rewrite it before handing the task back:
+    /// tasks sent to [`CpuTarget::Any`] wait in a kernel queue ordered by it
+    /// (lowest first), and the kernel keeps it for the task's next record.
     pub vtime: u64,
     /// Id of the task's cgroup (its inode number in cgroupfs).
     pub cgroup_id: u64,
@@ -76,7 +82,8 @@ impl QueuedTask {
 #[repr(u8)]
 #[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum CpuTarget {
-    /// Whichever CPU becomes free first (the shared queue).
+    /// Whichever CPU becomes free first: the shared queue, ordered by the
+    /// task's `vtime` (lowest first).
     #[default]
     Any,
     /// This CPU's own queue. If the task may not run there, the host falls
@@ -113,7 +120,7 @@ pub struct DispatchedTask {
     pub cpu: CpuTarget,
     /// Time slice (ns).
     pub slice_ns: u64,
-    /// Virtual time to record for the task.
+    /// Virtual time to record for the task; orders the shared queue.
     pub vtime: u64,
     /// Dispatch flags, passed to the kernel's insert call.
     pub flags: u64,

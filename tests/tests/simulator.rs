@@ -39,8 +39,8 @@ impl Kernel for Recording {
     fn counters(&self) -> Counters {
         self.inner.counters()
     }
-    fn dispatch_budget(&self) -> u64 {
-        self.inner.dispatch_budget()
+    fn occupancy(&self) -> u64 {
+        self.inner.occupancy()
     }
     fn set_scheduled(&mut self, pending: u64) {
         self.inner.set_scheduled(pending)

@@ -57,6 +57,13 @@ for p in "${plugins[@]}"; do
   else
     ok "$p attach (state enabled, ops rthulhu)"
   fi
+  second=$("$bin/host" --plugin "$(plugin_path "$p")" 2>&1)
+  rc=$?
+  if [ $rc -ne 0 ] && echo "$second" | grep -aq "another sched_ext scheduler is loaded (rthulhu)"; then
+    ok "$p second instance refused while attached"
+  else
+    fail "$p second instance" "rc $rc: $second"
+  fi
   kill -INT $host_pid
   wait $host_pid
   rc=$?

@@ -3,7 +3,13 @@
 pub mod preflight;
 
 mod skel {
-    #![allow(clippy::all, missing_docs, non_camel_case_types, non_snake_case, dead_code)]
+    #![allow(
+        clippy::all,
+        missing_docs,
+        non_camel_case_types,
+        non_snake_case,
+        dead_code
+    )]
     include!(concat!(env!("OUT_DIR"), "/main.skel.rs"));
 }
 
@@ -100,6 +106,8 @@ pub struct BpfKernel<'obj> {
     dispatched: UserRingBuffer,
     link: Option<Link>,
     nr_cpus: u32,
+    /// Decisions written to the dispatch ring so far.
+    submitted: u64,
     opts: BpfOptions,
     last_stats: Instant,
 }
@@ -112,11 +120,16 @@ struct Inbox {
 
 impl<'obj> BpfKernel<'obj> {
     /// Opens and loads the BPF program (verifier included) without attaching it.
-    pub fn load(obj: &'obj mut MaybeUninit<OpenObject>, opts: BpfOptions) -> Result<Self, KernelError> {
+    pub fn load(
+        obj: &'obj mut MaybeUninit<OpenObject>,
+        opts: BpfOptions,
+    ) -> Result<Self, KernelError> {
         fn err(what: &'static str) -> impl Fn(libbpf_rs::Error) -> KernelError {
             move |e| KernelError(format!("{what}: {e}"))
         }
-        let mut open = MainSkelBuilder::default().open(obj).map_err(err("opening the BPF object"))?;
+        let mut open = MainSkelBuilder::default()
+            .open(obj)
+            .map_err(err("opening the BPF object"))?;
         let ro = open.maps.rodata_data.as_deref_mut().expect("BPF rodata");
         ro.usersched_tgid = std::process::id() as i32;
         ro.slice_ns = opts.slice_ns;
@@ -144,7 +157,8 @@ impl<'obj> BpfKernel<'obj> {
         })
         .map_err(err("setting up the queued ring"))?;
         let ring = rb.build().map_err(err("setting up the queued ring"))?;
-        let dispatched = UserRingBuffer::new(&skel.maps.dispatched).map_err(err("setting up the dispatch ring"))?;
+        let dispatched = UserRingBuffer::new(&skel.maps.dispatched)
+            .map_err(err("setting up the dispatch ring"))?;
         Ok(BpfKernel {
             skel,
             ring,
@@ -152,6 +166,7 @@ impl<'obj> BpfKernel<'obj> {
             dispatched,
             link: None,
             nr_cpus: libbpf_rs::num_possible_cpus().unwrap_or(1) as u32,
+            submitted: 0,
             opts,
             last_stats: Instant::now(),
         })
@@ -183,7 +198,9 @@ impl<'obj> BpfKernel<'obj> {
         }
         let text = |b: &[i8]| {
             let bytes: Vec<u8> = b.iter().map(|&c| c as u8).collect();
-            CStr::from_bytes_until_nul(&bytes).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+            CStr::from_bytes_until_nul(&bytes)
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
         };
         Some(ExitInfo {
             kind: ExitKind::from_raw(kind as u64),
@@ -194,7 +211,9 @@ impl<'obj> BpfKernel<'obj> {
     }
 
     fn print_stats(&mut self) {
-        let Some(every) = self.opts.stats_every else { return };
+        let Some(every) = self.opts.stats_every else {
+            return;
+        };
         if self.last_stats.elapsed() < every {
             return;
         }
@@ -246,7 +265,10 @@ impl Kernel for BpfKernel<'_> {
             // Blocks in epoll until BPF queues something (or the heartbeat fires).
             let rc = self.ring.poll_raw(POLL);
             if rc < 0 && rc != -libc::EINTR {
-                return Err(KernelError(format!("polling the queued ring: errno {}", -rc)));
+                return Err(KernelError(format!(
+                    "polling the queued ring: errno {}",
+                    -rc
+                )));
             }
         }
     }
@@ -276,17 +298,28 @@ impl Kernel for BpfKernel<'_> {
             .map_err(|e| KernelError(format!("dispatch ring full: {e}")))?;
         // SAFETY: the sample is exactly one record long.
         unsafe { std::ptr::write_unaligned(sample.as_mut_ptr().cast(), rec) };
-        self.dispatched.submit(sample).map_err(|e| KernelError(format!("dispatch ring: {e}")))
+        self.dispatched
+            .submit(sample)
+            .map_err(|e| KernelError(format!("dispatch ring: {e}")))
     }
 
     fn default_select_cpu(&mut self, task: &QueuedTask) -> CpuTarget {
-        let mut arg = SelectCpuArg { pid: task.pid, prev_cpu: task.cpu, ..Default::default() };
+        let mut arg = SelectCpuArg {
+            pid: task.pid,
+            prev_cpu: task.cpu,
+            ..Default::default()
+        };
         // SAFETY: SelectCpuArg is plain old data of the size BPF expects.
         let bytes = unsafe {
-            std::slice::from_raw_parts_mut((&mut arg as *mut SelectCpuArg).cast::<u8>(), size_of::<SelectCpuArg>())
+            std::slice::from_raw_parts_mut(
+                (&mut arg as *mut SelectCpuArg).cast::<u8>(),
+                size_of::<SelectCpuArg>(),
+            )
         };
-        let mut input = ProgramInput::default();
-        input.context_in = Some(bytes);
+        let input = ProgramInput {
+            context_in: Some(bytes),
+            ..Default::default()
+        };
         let prog = &self.skel.progs.default_select_cpu;
         match prog.test_run(input) {
             Ok(_) if arg.cpu >= 0 => CpuTarget::Cpu(arg.cpu as u32),
@@ -299,7 +332,10 @@ impl Kernel for BpfKernel<'_> {
     }
 
     fn now_ns(&self) -> u64 {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: valid out-pointer; CLOCK_MONOTONIC is what bpf_ktime_get_ns uses.
         unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
         ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -320,9 +356,13 @@ impl Kernel for BpfKernel<'_> {
         }
     }
 
-    fn dispatch_budget(&self) -> u64 {
+    fn occupancy(&self) -> u64 {
         let b = self.bss();
-        b.nr_online_cpus.saturating_sub(b.nr_running).max(1)
+        // Sent but not yet taken by BPF: still on their way to a CPU.
+        let in_flight = self
+            .submitted
+            .saturating_sub(b.nr_user_dispatches + b.nr_failed_dispatches);
+        b.nr_running + in_flight
     }
 
     fn set_scheduled(&mut self, pending: u64) {

@@ -9,7 +9,9 @@ const SCX_SYSFS: &str = "/sys/kernel/sched_ext";
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
     /// Attaching a scheduler needs CAP_SYS_ADMIN and CAP_BPF.
-    #[error("attaching to the kernel needs root (try sudo, or --simulate WORKLOAD for the simulator)")]
+    #[error(
+        "attaching to the kernel needs root (try sudo, or --simulate WORKLOAD for the simulator)"
+    )]
     NotRoot,
     /// The running kernel was built without sched_ext.
     #[error("kernel {0} has no sched_ext (needs Linux >= 6.12 with CONFIG_SCHED_CLASS_EXT=y; tests/vm/run boots one)")]
@@ -32,12 +34,18 @@ pub fn check() -> Result<(), PreflightError> {
     let state = read(&format!("{SCX_SYSFS}/state"));
     if state != "disabled" {
         let ops = read(&format!("{SCX_SYSFS}/root/ops"));
-        let who = if ops.is_empty() { format!("state {state}") } else { ops };
+        let who = if ops.is_empty() {
+            format!("state {state}")
+        } else {
+            ops
+        };
         return Err(PreflightError::Busy(who));
     }
     Ok(())
 }
 
 fn read(path: &str) -> String {
-    std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }

@@ -11,9 +11,9 @@ pub mod rng;
 pub mod workload;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
-use plugin_api::{Counters, CpuTarget, DispatchedTask, QueuedTask};
+use plugin_api::{Counters, CpuTarget, DispatchedTask, QueuedTask, ENQ_WAKEUP};
 
 use crate::kernel::{ExitInfo, ExitKind, Kernel, KernelError, Wake};
 use report::{GroupReport, Latencies};
@@ -83,13 +83,15 @@ pub struct Simulator {
     events: BinaryHeap<Reverse<(u64, u64, Event)>>,
     tasks: Vec<Task>,
     cpus: Vec<Cpu>,
-    shared: VecDeque<usize>,
+    /// The shared queue, ordered by (vtime, arrival) like a vtime DSQ.
+    shared: BTreeMap<(u64, u64), usize>,
     ring: VecDeque<QueuedTask>,
     ring_size: usize,
     counters: Counters,
     rng: Rng,
     kick: bool,
     kick_armed: bool,
+    builtin_idle: bool,
     exit: Option<ExitInfo>,
     finished: bool,
     groups: Vec<GroupReport>,
@@ -107,7 +109,7 @@ impl Simulator {
             events: BinaryHeap::new(),
             tasks: Vec::new(),
             cpus: (0..w.cpus).map(|_| Cpu::default()).collect(),
-            shared: VecDeque::new(),
+            shared: BTreeMap::new(),
             ring: VecDeque::with_capacity(w.ring_size.min(1 << 16)),
             ring_size: w.ring_size,
             counters: Counters {
@@ -117,6 +119,7 @@ impl Simulator {
             rng: Rng::new(w.seed),
             kick: false,
             kick_armed: false,
+            builtin_idle: true,
             exit: None,
             finished: false,
             groups: Vec::new(),
@@ -173,6 +176,13 @@ impl Simulator {
         let first_check = (sim.timeout / 4).max(1);
         sim.push(first_check, Event::Watchdog);
         sim
+    }
+
+    /// Whether a waking task goes straight to an idle CPU while nothing else
+    /// waits, as the BPF side's `select_cpu` does (default on).
+    pub fn with_builtin_idle(mut self, on: bool) -> Self {
+        self.builtin_idle = on;
+        self
     }
 
     /// Per-group results so far (the whole run once `wait` has returned `Exit`).
@@ -236,6 +246,24 @@ impl Simulator {
             Behaviour::Bursty { run_us, jitter, .. } => self.rng.around(run_us * 1000, jitter),
         };
         self.tasks[i].woke_at = Some(self.now);
+        // The BPF select_cpu fast path: an idle CPU and nothing else waiting.
+        let quiet =
+            self.counters.nr_scheduled == 0 && self.shared.is_empty() && self.ring.is_empty();
+        if self.builtin_idle && quiet {
+            let prev = self.tasks[i].prev_cpu;
+            if let Some(c) = self
+                .idle_cpu(prev)
+                .filter(|&c| self.cpus[c as usize].local.is_empty())
+            {
+                self.counters.nr_kernel_dispatches += 1;
+                let t = &mut self.tasks[i];
+                t.state = State::Waiting;
+                t.runnable_since = self.now;
+                t.slice = KERNEL_SLICE_NS;
+                self.run(c, i);
+                return;
+            }
+        }
         self.enqueue(i);
     }
 
@@ -252,7 +280,7 @@ impl Simulator {
                 tgid: PID_BASE + i as i32,
                 cpu: t.prev_cpu as i32,
                 nr_cpus_allowed: self.cpus.len() as u32,
-                flags: 0,
+                flags: if t.woke_at.is_some() { ENQ_WAKEUP } else { 0 },
                 start_ts: t.start_ts,
                 stop_ts: t.stop_ts,
                 exec_runtime: t.exec_runtime,
@@ -268,8 +296,8 @@ impl Simulator {
             self.counters.nr_kernel_dispatches += 1;
             t.slice = KERNEL_SLICE_NS;
             t.queued_on_dsq = true;
-            let prev = t.prev_cpu;
-            self.shared.push_back(i);
+            let (prev, key) = (t.prev_cpu, t.vtime);
+            self.push_shared(key, i);
             self.kick_idle(prev);
         }
     }
@@ -321,7 +349,7 @@ impl Simulator {
         let next = self.cpus[cpu as usize]
             .local
             .pop_front()
-            .or_else(|| self.shared.pop_front());
+            .or_else(|| self.shared.pop_first().map(|(_, i)| i));
         match next {
             Some(i) => self.run(cpu, i),
             // The BPF side wakes the host when a CPU idles while the plugin holds tasks.
@@ -347,6 +375,11 @@ impl Simulator {
         let generation = c.generation;
         self.counters.nr_running += 1;
         self.push(now + run_for, Event::Stop { cpu, generation });
+    }
+
+    fn push_shared(&mut self, vtime: u64, i: usize) {
+        self.seq += 1;
+        self.shared.insert((vtime, self.seq), i);
     }
 
     fn idle_cpu(&self, prefer: u32) -> Option<u32> {
@@ -465,7 +498,7 @@ impl Kernel for Simulator {
                 if target != CpuTarget::Any {
                     self.counters.nr_bounce_dispatches += 1;
                 }
-                self.shared.push_back(i);
+                self.push_shared(d.vtime, i);
                 self.kick_idle(prev);
             }
         }
@@ -492,13 +525,13 @@ impl Kernel for Simulator {
         }
     }
 
-    fn dispatch_budget(&self) -> u64 {
-        let free = self
+    fn occupancy(&self) -> u64 {
+        let on_cpus: usize = self
             .cpus
             .iter()
-            .filter(|c| c.current.is_none() && c.local.is_empty())
-            .count();
-        free.saturating_sub(self.shared.len()) as u64
+            .map(|c| c.local.len() + usize::from(c.current.is_some()))
+            .sum();
+        (on_cpus + self.shared.len()) as u64
     }
 
     fn set_scheduled(&mut self, pending: u64) {
@@ -517,8 +550,10 @@ pub fn simulate<P: crate::dispatcher::Policy>(
     policy: P,
     w: &Workload,
     slices: crate::dispatcher::SliceOpts,
+    builtin_idle: bool,
 ) -> Result<report::SimReport, crate::dispatcher::LoopError> {
-    let mut d = crate::dispatcher::Dispatcher::new(policy, Simulator::new(w), slices);
+    let kernel = Simulator::new(w).with_builtin_idle(builtin_idle);
+    let mut d = crate::dispatcher::Dispatcher::new(policy, kernel, slices);
     let exit = d.run()?;
     let c = d.kernel.counters();
     let busy = d.stats.busy.as_secs_f64();

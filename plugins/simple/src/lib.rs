@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use plugin_api::{CpuTarget, CustomScheduler, QueuedTask, Sched, WEIGHT_NICE_0};
+use plugin_api::{CpuTarget, CustomScheduler, QueuedTask, Sched, ENQ_WAKEUP, WEIGHT_NICE_0};
 use serde::Deserialize;
 
 /// The `[plugin]` table.
@@ -55,16 +55,20 @@ pub struct Simple {
 }
 
 impl Simple {
+    /// Charges the last run to the task's vtime, weighted; a task waking
+    /// from sleep is first brought up to at most one slice behind the pack.
     fn charge(&mut self, t: &mut QueuedTask) {
         let ran = t.stop_ts.saturating_sub(t.start_ts);
         let weight = t.weight.max(1);
-        let credit = if self.slice_ns > 0 {
-            self.slice_ns
-        } else {
-            DEFAULT_CREDIT_NS
-        };
-        let floor = self.min_vtime.saturating_sub(credit);
-        t.vtime = t.vtime.max(floor) + ran * WEIGHT_NICE_0 / weight;
+        if t.flags & ENQ_WAKEUP != 0 {
+            let credit = if self.slice_ns > 0 {
+                self.slice_ns
+            } else {
+                DEFAULT_CREDIT_NS
+            };
+            t.vtime = t.vtime.max(self.min_vtime.saturating_sub(credit));
+        }
+        t.vtime += ran * WEIGHT_NICE_0 / weight;
     }
 }
 
@@ -94,7 +98,11 @@ impl CustomScheduler for Simple {
                 Pool::Vtime(m) => {
                     m.insert((t.vtime, self.arrivals), t);
                 }
-                Pool::Fifo(q) => q.push_back(t),
+                Pool::Fifo(q) => {
+                    // Arrival order is also the order in the kernel's queue.
+                    t.vtime = self.arrivals;
+                    q.push_back(t)
+                }
             }
         }
     }
