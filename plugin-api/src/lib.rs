@@ -8,6 +8,8 @@
 //! Panics inside plugin code are caught at the boundary and returned to the
 //! host as errors; build plugins with `panic = "unwind"` (the default).
 
+#![warn(missing_docs)]
+
 mod module;
 mod sched;
 mod scheduler;

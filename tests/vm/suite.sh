@@ -9,6 +9,9 @@ shift
 plugins=("$@")
 scx=/sys/kernel/sched_ext
 work=$(mktemp -d)
+# Logs go to the harness's output share when there is one, so a failure can
+# be read on the host afterwards.
+logs=${RTHULHU_VM_OUT:-$work}
 cd "$work" || exit 1 # stress-ng wants a writable working directory
 passed=0
 failed=0
@@ -44,11 +47,11 @@ config() { # config NAME PLUGIN TABLE → path of a config file
 }
 
 # Last value of counter $2 ("user", "kernel"…) in a --stats log.
-stat_of() { grep -ao "$2 [0-9]*" "$1" | tail -1 | awk '{print $2}'; }
+stat_of() { sed -n "s/.* $2 \([0-9][0-9]*\).*/\1/p" "$1" | tail -1; }
 
 for p in "${plugins[@]}"; do
   # attach: enabled under our name, SIGINT detaches cleanly.
-  log=$work/attach-$p.log
+  log=$logs/attach-$p.log
   start_host "$log" --plugin "$(plugin_path "$p")"
   if ! wait_state enabled 200; then
     fail "$p attach" "state $(state): $(tail -3 "$log")"
@@ -70,7 +73,7 @@ for p in "${plugins[@]}"; do
   if [ $rc -eq 0 ] && wait_state disabled 20; then ok "$p SIGINT detaches (exit 0)"; else fail "$p SIGINT" "rc $rc, state $(state): $(tail -3 "$log")"; fi
 
   # The scx community's bar: survive stress-ng for 31 s, exit 0 at 45 s.
-  log=$work/stress-$p.log
+  log=$logs/stress-$p.log
   timeout --preserve-status 45 "$bin/host" --plugin "$(plugin_path "$p")" --stats 5 > "$log" 2>&1 &
   host_pid=$!
   wait_state enabled 200
@@ -82,11 +85,11 @@ for p in "${plugins[@]}"; do
   if [ $rc -eq 0 ] && [ $srn -eq 0 ] && [ "${user:-0}" -gt 0 ] && ! grep -aq ejected "$log"; then
     ok "$p stress-ng bar (exit 0, $user user dispatches)"
   else
-    fail "$p stress-ng bar" "host rc $rc, stress-ng rc $srn, user dispatches ${user:-none}: $(tail -3 "$log")"
+    fail "$p stress-ng bar" "host rc $rc, stress-ng rc $srn, user dispatches ${user:-none} (log $log): $(tail -3 "$log")"
   fi
 
   # hackbench completes while attached, and we are still attached after it.
-  log=$work/hackbench-$p.log
+  log=$logs/hackbench-$p.log
   start_host "$log" --plugin "$(plugin_path "$p")"
   wait_state enabled 200
   if timeout 300 hackbench -g 4 -l 200 > "$work/hackbench.out" 2>&1 && [ "$(state)" = enabled ]; then
@@ -98,7 +101,7 @@ for p in "${plugins[@]}"; do
   wait $host_pid
 
   # kill -9: the kernel falls back to its default scheduler within a second.
-  log=$work/kill-$p.log
+  log=$logs/kill-$p.log
   start_host "$log" --plugin "$(plugin_path "$p")"
   wait_state enabled 200
   kill -9 $host_pid
@@ -108,7 +111,7 @@ for p in "${plugins[@]}"; do
 done
 
 # A plugin that stops handing tasks back is ejected by the kernel watchdog.
-log=$work/hoarder.log
+log=$logs/hoarder.log
 start_host "$log" --config "$(config hoard hoarder 'after_calls = 200')" --timeout-ms 2000
 wait_state enabled 200
 stress-ng -t 8 -c 2 > /dev/null 2>&1 &
@@ -124,7 +127,7 @@ else
 fi
 
 # A plugin that panics mid-run: clean detach, non-zero exit.
-log=$work/panic.log
+log=$logs/panic.log
 start_host "$log" --config "$(config panic panicky 'after_calls = 300')"
 wait_state enabled 200
 stress-ng -t 8 -c 2 > /dev/null 2>&1 &
