@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use plugin_api::{
-    Counters, CpuTarget, CustomScheduler, Decision, DispatchedTask, HostServices, QueuedTask,
+    Counters, CpuTarget, CustomScheduler, Decision, DispatchedTask, HostServices, Next, QueuedTask,
     Sched, SchedulerBox,
 };
 
@@ -15,21 +15,16 @@ use crate::kernel::{ExitInfo, Kernel, KernelError, Wake};
 pub trait Policy {
     /// [`CustomScheduler::drain_queued_tasks`], then the pool count.
     fn drain(&mut self, s: &mut Sched<'_>) -> Result<u64, String>;
-    /// The next decision ([`plugin_api::decide`]).
-    fn next(&mut self, s: &mut Sched<'_>) -> Result<Option<Decision>, String>;
-    /// See [`CustomScheduler::pool_count`].
-    fn pool_count(&mut self) -> Result<u64, String>;
+    /// The next decision ([`plugin_api::decide`]) and the pool count after it.
+    fn next(&mut self, s: &mut Sched<'_>) -> Result<Next, String>;
 }
 
 impl Policy for SchedulerBox {
     fn drain(&mut self, s: &mut Sched<'_>) -> Result<u64, String> {
         self.drain_queued_tasks(s)
     }
-    fn next(&mut self, s: &mut Sched<'_>) -> Result<Option<Decision>, String> {
+    fn next(&mut self, s: &mut Sched<'_>) -> Result<Next, String> {
         self.next_decision(s)
-    }
-    fn pool_count(&mut self) -> Result<u64, String> {
-        SchedulerBox::pool_count(self)
     }
 }
 
@@ -41,15 +36,12 @@ impl<T: CustomScheduler> Policy for Native<T> {
         self.0.drain_queued_tasks(s);
         Ok(self.0.pool_count())
     }
-    fn next(&mut self, s: &mut Sched<'_>) -> Result<Option<Decision>, String> {
-        Ok(plugin_api::decide(
-            &mut self.0,
-            s,
-            &std::cell::Cell::new(""),
-        ))
-    }
-    fn pool_count(&mut self) -> Result<u64, String> {
-        Ok(self.0.pool_count())
+    fn next(&mut self, s: &mut Sched<'_>) -> Result<Next, String> {
+        let decision = plugin_api::decide(&mut self.0, s, &std::cell::Cell::new("")).into();
+        Ok(Next {
+            decision,
+            pool_count: self.0.pool_count(),
+        })
     }
 }
 
@@ -149,17 +141,18 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
         self.stats.rounds += 1;
         let policy = &mut self.policy;
         let mut host = Services(&mut self.kernel);
-        let mut waiting = Sched::with(&mut host, |s| policy.drain(s)).map_err(LoopError::Plugin)?;
+        // What the plugin holds; the host's default slice shrinks as it grows.
+        let mut pending = Sched::with(&mut host, |s| policy.drain(s)).map_err(LoopError::Plugin)?;
         let capacity = u64::from(host.0.nr_cpus()) * (1 + self.slices.queue_ahead);
-        let budget = capacity.saturating_sub(host.0.occupancy());
-        let mut sent = 0;
-        while sent < budget {
+        let mut budget = capacity.saturating_sub(host.0.occupancy());
+        while budget > 0 && pending > 0 {
             let next = Sched::with(&mut host, |s| policy.next(s)).map_err(LoopError::Plugin)?;
+            let waiting = std::mem::replace(&mut pending, next.pool_count);
             let Some(Decision {
                 task,
                 cpu,
                 slice_ns,
-            }) = next
+            }) = next.decision.into_option()
             else {
                 break;
             };
@@ -170,10 +163,8 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
             };
             host.0.dispatch(&DispatchedTask::new(&task, cpu, slice))?;
             self.stats.decisions += 1;
-            sent += 1;
-            waiting = waiting.saturating_sub(1);
+            budget -= 1;
         }
-        let pending = policy.pool_count().map_err(LoopError::Plugin)?;
         host.0.set_scheduled(pending);
         Ok(())
     }

@@ -106,6 +106,17 @@ pub struct Decision {
     pub slice_ns: u64,
 }
 
+/// What [`SchedulerBox::next_decision`] returns: the decision, if any, and
+/// how many tasks the plugin still holds after it (saving the host a call).
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Next {
+    /// The decision, or none when the pool has nothing to run.
+    pub decision: ROption<Decision>,
+    /// [`CustomScheduler::pool_count`] after this decision.
+    pub pool_count: u64,
+}
+
 /// The next decision of `sched`: [`CustomScheduler::select_queued_task`], then
 /// [`time_slice`](CustomScheduler::time_slice) and
 /// [`select_cpu`](CustomScheduler::select_cpu) for that task. `stage` names
@@ -149,8 +160,7 @@ type Call<T> = RResult<T, RString>;
 #[sabi(missing_field(panic))]
 pub struct SchedulerVTable {
     drain_queued_tasks: unsafe extern "C" fn(*mut ErasedScheduler, &mut Sched<'_>) -> Call<u64>,
-    next_decision:
-        unsafe extern "C" fn(*mut ErasedScheduler, &mut Sched<'_>) -> Call<ROption<Decision>>,
+    next_decision: unsafe extern "C" fn(*mut ErasedScheduler, &mut Sched<'_>) -> Call<Next>,
     pool_count: unsafe extern "C" fn(*mut ErasedScheduler) -> Call<u64>,
     reconfigure: unsafe extern "C" fn(*mut ErasedScheduler, RStr<'_>) -> Call<()>,
     #[sabi(last_prefix_field)]
@@ -193,11 +203,11 @@ impl SchedulerBox {
         plain(unsafe { (self.vtable.drain_queued_tasks())(self.this, sched) })
     }
 
-    /// The next decision (see [`decide`]), or `None` when the pool has nothing to run.
+    /// The next decision (see [`decide`]) and the pool count after it.
     #[inline]
-    pub fn next_decision(&mut self, sched: &mut Sched<'_>) -> Result<Option<Decision>, String> {
+    pub fn next_decision(&mut self, sched: &mut Sched<'_>) -> Result<Next, String> {
         // SAFETY: as above.
-        plain(unsafe { (self.vtable.next_decision())(self.this, sched) }).map(ROption::into_option)
+        plain(unsafe { (self.vtable.next_decision())(self.this, sched) })
     }
 
     /// See [`CustomScheduler::pool_count`].
@@ -295,9 +305,16 @@ unsafe extern "C" fn drain_queued_tasks<T: CustomScheduler>(
 unsafe extern "C" fn next_decision<T: CustomScheduler>(
     this: *mut ErasedScheduler,
     s: &mut Sched<'_>,
-) -> Call<ROption<Decision>> {
+) -> Call<Next> {
     let stage = Cell::new("select_queued_task");
-    guarded::<T, _>(this, &stage, |p| decide(p, s, &stage).into())
+    guarded::<T, _>(this, &stage, |p| {
+        let decision = decide(p, s, &stage).into();
+        stage.set("pool_count");
+        Next {
+            decision,
+            pool_count: p.pool_count(),
+        }
+    })
 }
 unsafe extern "C" fn pool_count<T: CustomScheduler>(this: *mut ErasedScheduler) -> Call<u64> {
     guarded::<T, _>(this, &Cell::new("pool_count"), |p| p.pool_count())

@@ -1,13 +1,89 @@
-//! Decisions per second of the host loop in the simulator: the `simple`
-//! policy through the plugin ABI (libsimple.so) against the same policy
-//! linked in directly. Prints figures; asserts nothing.
+//! Decisions per second of the host loop: the `simple` policy through the
+//! plugin ABI (libsimple.so) against the same policy linked in directly,
+//! once with a kernel side that costs nothing (the loop and the policy
+//! alone) and once against the simulator. Prints figures; asserts nothing.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
-use plugin_api::CustomScheduler;
+use plugin_api::{Counters, CpuTarget, CustomScheduler, DispatchedTask, QueuedTask};
 use rthulhu::dispatcher::{Dispatcher, Native, Policy, SliceOpts};
+use rthulhu::kernel::{ExitInfo, ExitKind, Kernel, KernelError, Wake};
 use rthulhu::plugin::Plugin;
 use rthulhu::sim::{workload::Workload, Simulator};
+
+/// A kernel side that re-queues every dispatched task at once: what is
+/// left to measure is the loop and the policy.
+struct NullKernel {
+    ring: VecDeque<QueuedTask>,
+    left: u64,
+    now: u64,
+}
+
+impl NullKernel {
+    fn new(tasks: usize, decisions: u64) -> Self {
+        let ring = (0..tasks)
+            .map(|i| QueuedTask {
+                pid: 1 + i as i32,
+                weight: 100,
+                ..Default::default()
+            })
+            .collect();
+        NullKernel {
+            ring,
+            left: decisions,
+            now: 0,
+        }
+    }
+}
+
+impl Kernel for NullKernel {
+    fn wait(&mut self) -> Result<Wake, KernelError> {
+        if self.left > 0 {
+            return Ok(Wake::Work);
+        }
+        let done = ExitInfo {
+            kind: ExitKind::Done,
+            code: 0,
+            reason: String::new(),
+            message: String::new(),
+        };
+        Ok(Wake::Exit(done))
+    }
+    fn dequeue(&mut self) -> Option<QueuedTask> {
+        self.ring.pop_front()
+    }
+    fn dispatch(&mut self, d: &DispatchedTask) -> Result<(), KernelError> {
+        self.now += 1_000;
+        let t = QueuedTask {
+            pid: d.pid,
+            weight: 100,
+            vtime: d.vtime,
+            start_ts: self.now,
+            stop_ts: self.now + 500,
+            ..Default::default()
+        };
+        self.ring.push_back(t);
+        self.left = self.left.saturating_sub(1);
+        Ok(())
+    }
+    fn default_select_cpu(&mut self, _: &QueuedTask) -> CpuTarget {
+        CpuTarget::Any
+    }
+    fn nr_cpus(&self) -> u32 {
+        64
+    }
+    fn now_ns(&self) -> u64 {
+        self.now
+    }
+    fn counters(&self) -> Counters {
+        Counters::default()
+    }
+    fn occupancy(&self) -> u64 {
+        0
+    }
+    fn set_scheduled(&mut self, _: u64) {}
+}
 
 const WORKLOAD: &str = r#"
 cpus = 64
@@ -33,8 +109,8 @@ struct Run {
     total_ns: f64,
 }
 
-fn run<P: Policy>(policy: P, w: &Workload) -> Run {
-    let mut d = Dispatcher::new(policy, Simulator::new(w), SliceOpts::default());
+fn run<P: Policy, K: Kernel>(policy: P, kernel: K) -> Run {
+    let mut d = Dispatcher::new(policy, kernel, SliceOpts::default());
     let t0 = Instant::now();
     d.run().expect("simulation runs");
     let total = t0.elapsed().as_nanos() as f64;
@@ -45,19 +121,15 @@ fn run<P: Policy>(policy: P, w: &Workload) -> Run {
     }
 }
 
-fn main() {
-    let release = !cfg!(debug_assertions);
-    let lib = rthulhu_tests::built(release).join("libsimple.so");
-    let w = Workload::parse("bench.toml".as_ref(), WORKLOAD).unwrap();
-    let plugin = Plugin::load(&lib).expect("libsimple.so loads");
-
+/// Runs both paths five times each on kernels from `make` and prints a table.
+fn table<K: Kernel>(title: &str, plugin: &Plugin, make: impl Fn() -> K) {
     // Warm up both paths once, then alternate to spread machine noise.
-    run(plugin.construct("").unwrap(), &w);
-    run(Native(simple::Simple::new("").unwrap()), &w);
+    run(plugin.construct("").unwrap(), make());
+    run(Native(simple::Simple::new("").unwrap()), make());
     let (mut abi, mut native) = (Vec::new(), Vec::new());
     for _ in 0..5 {
-        abi.push(run(plugin.construct("").unwrap(), &w));
-        native.push(run(Native(simple::Simple::new("").unwrap()), &w));
+        abi.push(run(plugin.construct("").unwrap(), make()));
+        native.push(run(Native(simple::Simple::new("").unwrap()), make()));
     }
     let best = |runs: &[Run], f: fn(&Run) -> f64| {
         runs.iter()
@@ -66,23 +138,34 @@ fn main() {
     };
     let (abi_loop, nat_loop) = (best(&abi, |r| r.loop_ns), best(&native, |r| r.loop_ns));
     let (abi_all, nat_all) = (best(&abi, |r| r.total_ns), best(&native, |r| r.total_ns));
+    println!("{title}: {} decisions per run, best of 5", abi[0].decisions);
+    println!("                       ns/decision: loop   loop+kernel side   decisions/s");
     println!(
-        "host loop, simple policy, {} decisions per run, best of 5",
-        abi[0].decisions
-    );
-    println!("                         ns/decision   decisions/s   (loop only | loop + simulator)");
-    println!(
-        "through the ABI        {abi_loop:>8.1} | {abi_all:>7.1}   {:>11.0}",
+        "  through the ABI                 {abi_loop:>8.1} {abi_all:>13.1}   {:>11.0}",
         1e9 / abi_loop
     );
     println!(
-        "in-process (no ABI)    {nat_loop:>8.1} | {nat_all:>7.1}   {:>11.0}",
+        "  in-process (no ABI)             {nat_loop:>8.1} {nat_all:>13.1}   {:>11.0}",
         1e9 / nat_loop
     );
     println!(
-        "ABI overhead: {:+.1}% (loop only), {:+.1}% (with simulator)",
+        "  ABI overhead: {:+.1}% (loop), {:+.1}% (loop + kernel side)",
         (abi_loop / nat_loop - 1.0) * 100.0,
         (abi_all / nat_all - 1.0) * 100.0
     );
+}
+
+fn main() {
+    let release = !cfg!(debug_assertions);
+    let lib = rthulhu_tests::built(release).join("libsimple.so");
+    let w = Workload::parse("bench.toml".as_ref(), WORKLOAD).unwrap();
+    let plugin = Plugin::load(&lib).expect("libsimple.so loads");
+    println!("host loop with the simple policy (vtime mode)");
+    table("null kernel side, 256 tasks, 64 CPUs", &plugin, || {
+        NullKernel::new(256, 2_000_000)
+    });
+    table("simulator, 224 tasks, 64 CPUs", &plugin, || {
+        Simulator::new(&w)
+    });
     println!("goal: < 200 ns per decision, ABI overhead < 10%");
 }

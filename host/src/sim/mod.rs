@@ -92,6 +92,8 @@ pub struct Simulator {
     kick: bool,
     kick_armed: bool,
     builtin_idle: bool,
+    /// Tasks waiting in all local queues together.
+    local_queued: usize,
     exit: Option<ExitInfo>,
     finished: bool,
     groups: Vec<GroupReport>,
@@ -120,6 +122,7 @@ impl Simulator {
             kick: false,
             kick_armed: false,
             builtin_idle: true,
+            local_queued: 0,
             exit: None,
             finished: false,
             groups: Vec::new(),
@@ -346,10 +349,9 @@ impl Simulator {
         if self.cpus[cpu as usize].current.is_some() {
             return;
         }
-        let next = self.cpus[cpu as usize]
-            .local
-            .pop_front()
-            .or_else(|| self.shared.pop_first().map(|(_, i)| i));
+        let local = self.cpus[cpu as usize].local.pop_front();
+        self.local_queued -= usize::from(local.is_some());
+        let next = local.or_else(|| self.shared.pop_first().map(|(_, i)| i));
         match next {
             Some(i) => self.run(cpu, i),
             // The BPF side wakes the host when a CPU idles while the plugin holds tasks.
@@ -492,6 +494,7 @@ impl Kernel for Simulator {
         match d.cpu {
             CpuTarget::Cpu(c) if (c as usize) < self.cpus.len() => {
                 self.cpus[c as usize].local.push_back(i);
+                self.local_queued += 1;
                 self.next_on(c);
             }
             target => {
@@ -526,12 +529,7 @@ impl Kernel for Simulator {
     }
 
     fn occupancy(&self) -> u64 {
-        let on_cpus: usize = self
-            .cpus
-            .iter()
-            .map(|c| c.local.len() + usize::from(c.current.is_some()))
-            .sum();
-        (on_cpus + self.shared.len()) as u64
+        self.counters.nr_running + (self.local_queued + self.shared.len()) as u64
     }
 
     fn set_scheduled(&mut self, pending: u64) {
