@@ -7,4 +7,5 @@ pub mod dispatcher;
 pub mod input;
 pub mod kernel;
 pub mod plugin;
+pub mod safety;
 pub mod sim;

@@ -12,6 +12,7 @@ use rthulhu::{
     input::InputError,
     kernel::ExitKind,
     plugin::Plugin,
+    safety,
     sim::{self, workload::Workload},
 };
 
@@ -68,6 +69,12 @@ struct Cli {
     #[arg(long)]
     no_builtin_idle: bool,
 
+    /// Accept plugin and config files that someone other than root could
+    /// write, when running as root (for development only: such a file can
+    /// make the scheduler run anyone's code as root).
+    #[arg(long)]
+    allow_untrusted_files: bool,
+
     /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -107,8 +114,15 @@ fn init_logging(verbose: u8) {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     // Every input is read and checked before anything starts.
+    let trusted = |path: &std::path::Path| match cli.allow_untrusted_files {
+        true => Ok(()),
+        false => safety::check_trusted(path),
+    };
     let config = match &cli.config {
-        Some(path) => Config::load(path)?,
+        Some(path) => {
+            trusted(path)?;
+            Config::load(path)?
+        }
         None => Config::default(),
     };
     let workload = cli.simulate.as_deref().map(Workload::load).transpose()?;
@@ -123,6 +137,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 "no plugin given: use --plugin PATH or [scheduler] plugin in the config",
             )
         })?;
+    if plugin_path.exists() {
+        trusted(&plugin_path)?;
+    }
     let plugin = Plugin::load(&plugin_path)?;
     tracing::info!(name = plugin.name(), version = plugin.version(), path = %plugin_path.display(), "plugin loaded");
     let scheduler = plugin.construct(&config.plugin_table).map_err(|msg| {

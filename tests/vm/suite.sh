@@ -110,16 +110,25 @@ for p in "${plugins[@]}"; do
   wait_state disabled 100
 done
 
-# A plugin that stops handing tasks back is ejected by the kernel watchdog.
+# Runs a misbehaving plugin under load until the host gives up; sets $rc.
+# misbehave LOG CONFIG [HOST ARGS...]
+misbehave() {
+  local log=$1 cfg=$2 load
+  shift 2
+  start_host "$log" --config "$cfg" "$@"
+  wait_state enabled 200
+  stress-ng -t 8 -c 2 > /dev/null 2>&1 &
+  load=$!
+  wait $host_pid
+  rc=$?
+  kill $load 2>/dev/null
+  wait $load 2>/dev/null
+}
+
+# A plugin that stops handing tasks back is ejected by the kernel watchdog;
+# the guest stays usable.
 log=$logs/hoarder.log
-start_host "$log" --config "$(config hoard hoarder 'after_calls = 200')" --timeout-ms 2000
-wait_state enabled 200
-stress-ng -t 8 -c 2 > /dev/null 2>&1 &
-load=$!
-wait $host_pid
-rc=$?
-kill $load 2>/dev/null
-wait $load 2>/dev/null
+misbehave "$log" "$(config hoard hoarder 'after_calls = 200')" --timeout-ms 2000
 if [ $rc -ne 0 ] && grep -aq "runnable task stall" "$log" && wait_state disabled 50 && echo usable > "$work/after"; then
   ok "stalling plugin is ejected by the watchdog (exit $rc: $(grep -ao 'ejected.*' "$log" | head -c 120))"
 else
@@ -128,14 +137,7 @@ fi
 
 # A plugin that panics mid-run: clean detach, non-zero exit.
 log=$logs/panic.log
-start_host "$log" --config "$(config panic panicky 'after_calls = 300')"
-wait_state enabled 200
-stress-ng -t 8 -c 2 > /dev/null 2>&1 &
-load=$!
-wait $host_pid
-rc=$?
-kill $load 2>/dev/null
-wait $load 2>/dev/null
+misbehave "$log" "$(config panic panicky 'after_calls = 300')"
 if [ $rc -eq 1 ] && grep -aq "panicked in select_cpu" "$log" && wait_state disabled 50; then
   ok "panicking plugin: clean detach, exit 1"
 else
