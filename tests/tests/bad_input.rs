@@ -118,11 +118,25 @@ fn files_others_can_write_are_refused_as_root() {
         return; // only root is protected this way
     }
     let simple = plugin("simple");
-    let cfg = workload("worldwritable", &format!("[scheduler]\nplugin = {simple:?}\n"));
+    let cfg = workload(
+        "worldwritable",
+        &format!("[scheduler]\nplugin = {simple:?}\n"),
+    );
     std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o666)).unwrap();
     let cfg = cfg.to_str().unwrap();
-    refused(&["--config", cfg, "--simulate", &mixed()], cfg, "refusing file");
-    let out = host(&["--config", cfg, "--simulate", &mixed(), "--allow-untrusted-files", "--json"]);
+    refused(
+        &["--config", cfg, "--simulate", &mixed()],
+        cfg,
+        "refusing file",
+    );
+    let out = host(&[
+        "--config",
+        cfg,
+        "--simulate",
+        &mixed(),
+        "--allow-untrusted-files",
+        "--json",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
