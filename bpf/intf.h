@@ -37,6 +37,9 @@ struct rthulhu_queued {
 	char comm[RTHULHU_COMM_LEN];
 };
 
+/* Dispatch flag: run now, preempting a running task if no CPU is idle. */
+#define RTHULHU_DSP_PREEMPT (1ULL << 63)
+
 /* A decision, host → kernel (BPF_MAP_TYPE_USER_RINGBUF "dispatched"). */
 struct rthulhu_dispatched {
 	int pid;

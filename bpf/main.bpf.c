@@ -149,12 +149,15 @@ static void wake_host(void)
 	bpf_ringbuf_submit(r, BPF_RB_FORCE_WAKEUP);
 }
 
-static void kick_idle_cpu(const struct task_struct *p)
+/* Wakes an idle CPU that may run p; false if none is idle. */
+static bool kick_idle_cpu(const struct task_struct *p)
 {
 	s32 cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
 
-	if (cpu >= 0)
-		scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
+	if (cpu < 0)
+		return false;
+	scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
+	return true;
 }
 
 static u64 task_cgroup_id(struct task_struct *p)
@@ -252,6 +255,7 @@ static long dispatch_one(struct bpf_dynptr *dynptr, struct drain_ctx *dc)
 	struct rthulhu_dispatched d;
 	struct task_struct *p;
 	u64 dsq = RTHULHU_SHARED_DSQ;
+	bool preempt;
 	s32 cpu;
 
 	if (bpf_dynptr_read(&d, sizeof(d), dynptr, 0, 0))
@@ -261,6 +265,8 @@ static long dispatch_one(struct bpf_dynptr *dynptr, struct drain_ctx *dc)
 		__sync_fetch_and_add(&nr_failed_dispatches, 1);
 		return 0;
 	}
+	preempt = d.flags & RTHULHU_DSP_PREEMPT;
+	d.flags &= ~RTHULHU_DSP_PREEMPT;
 	cpu = d.cpu;
 	if (cpu >= 0) {
 		if (bpf_cpumask_test_cpu(cpu, p->cpus_ptr))
@@ -274,11 +280,13 @@ static long dispatch_one(struct bpf_dynptr *dynptr, struct drain_ctx *dc)
 	 */
 	if (dsq == RTHULHU_SHARED_DSQ) {
 		scx_bpf_dsq_insert_vtime(p, dsq, d.slice_ns, d.vtime, d.flags);
-		kick_idle_cpu(p);
+		/* No idle CPU for an urgent task: take its last CPU now, not at the next tick. */
+		if (!kick_idle_cpu(p) && preempt)
+			scx_bpf_kick_cpu(scx_bpf_task_cpu(p), SCX_KICK_PREEMPT);
 	} else {
 		p->scx.dsq_vtime = d.vtime;
-		scx_bpf_dsq_insert(p, dsq, d.slice_ns, d.flags);
-		scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
+		scx_bpf_dsq_insert(p, dsq, d.slice_ns, d.flags | (preempt ? SCX_ENQ_PREEMPT : 0));
+		scx_bpf_kick_cpu(cpu, preempt ? SCX_KICK_PREEMPT : SCX_KICK_IDLE);
 	}
 	bpf_task_release(p);
 	__sync_fetch_and_add(&nr_user_dispatches, 1);

@@ -15,16 +15,17 @@ use crate::kernel::{ExitInfo, Kernel, KernelError, Wake};
 pub trait Policy {
     /// [`CustomScheduler::drain_queued_tasks`], then the pool count.
     fn drain(&mut self, s: &mut Sched<'_>) -> Result<u64, String>;
-    /// The next decision ([`plugin_api::decide`]) and the pool count after it.
-    fn next(&mut self, s: &mut Sched<'_>) -> Result<Next, String>;
+    /// The next decision ([`plugin_api::decide`]) and the pool count after
+    /// it; `busy`: only a task worth preempting for is wanted.
+    fn next(&mut self, s: &mut Sched<'_>, busy: bool) -> Result<Next, String>;
 }
 
 impl Policy for SchedulerBox {
     fn drain(&mut self, s: &mut Sched<'_>) -> Result<u64, String> {
         self.drain_queued_tasks(s)
     }
-    fn next(&mut self, s: &mut Sched<'_>) -> Result<Next, String> {
-        self.next_decision(s)
+    fn next(&mut self, s: &mut Sched<'_>, busy: bool) -> Result<Next, String> {
+        self.next_decision(s, busy)
     }
 }
 
@@ -36,14 +37,19 @@ impl<T: CustomScheduler> Policy for Native<T> {
         self.0.drain_queued_tasks(s);
         Ok(self.0.pool_count())
     }
-    fn next(&mut self, s: &mut Sched<'_>) -> Result<Next, String> {
-        let decision = plugin_api::decide(&mut self.0, s, &std::cell::Cell::new("")).into();
+    fn next(&mut self, s: &mut Sched<'_>, busy: bool) -> Result<Next, String> {
+        let stage = std::cell::Cell::new("");
+        let decision = plugin_api::decide(&mut self.0, s, &stage, busy).into();
         Ok(Next {
             decision,
             pool_count: self.0.pool_count(),
         })
     }
 }
+
+/// [`DispatchedTask::flags`] bit: run this task now, preempting a running
+/// one if no CPU is idle (the BPF side strips it before the kernel sees the flags).
+pub const DISPATCH_PREEMPT: u64 = 1 << 63;
 
 /// Host default slice, `max(default_ns / waiting, min_ns)`, and how far
 /// ahead of the CPUs the loop hands tasks to the kernel.
@@ -145,13 +151,19 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
         let mut pending = Sched::with(&mut host, |s| policy.drain(s)).map_err(LoopError::Plugin)?;
         let capacity = u64::from(host.0.nr_cpus()) * (1 + self.slices.queue_ahead);
         let mut budget = capacity.saturating_sub(host.0.occupancy());
-        while budget > 0 && pending > 0 {
-            let next = Sched::with(&mut host, |s| policy.next(s)).map_err(LoopError::Plugin)?;
+        // With every CPU busy, the plugin may still pick a few tasks worth
+        // preempting for (one per CPU at most per round).
+        let mut preemptions = u64::from(host.0.nr_cpus());
+        while pending > 0 && (budget > 0 || preemptions > 0) {
+            let busy = budget == 0;
+            let next =
+                Sched::with(&mut host, |s| policy.next(s, busy)).map_err(LoopError::Plugin)?;
             let waiting = std::mem::replace(&mut pending, next.pool_count);
             let Some(Decision {
                 task,
                 cpu,
                 slice_ns,
+                preempt,
             }) = next.decision.into_option()
             else {
                 break;
@@ -161,9 +173,15 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
             } else {
                 slice_ns
             };
-            host.0.dispatch(&DispatchedTask::new(&task, cpu, slice))?;
+            let mut d = DispatchedTask::new(&task, cpu, slice);
+            if preempt {
+                d.flags |= DISPATCH_PREEMPT;
+                preemptions -= 1;
+            } else {
+                budget -= 1;
+            }
+            host.0.dispatch(&d)?;
             self.stats.decisions += 1;
-            budget -= 1;
         }
         host.0.set_scheduled(pending);
         Ok(())
@@ -188,6 +206,12 @@ impl<K: Kernel> HostServices for Services<'_, K> {
     }
     fn counters(&self) -> Counters {
         self.0.counters()
+    }
+    fn cgroup_path(&mut self, cgroup_id: u64) -> Option<String> {
+        self.0.cgroup_path(cgroup_id)
+    }
+    fn task_uid(&mut self, tgid: i32) -> Option<u32> {
+        self.0.task_uid(tgid)
     }
 }
 

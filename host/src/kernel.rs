@@ -104,6 +104,14 @@ pub trait Kernel {
     /// waiting for a CPU. The loop keeps this at most
     /// `nr_cpus * (1 + queue_ahead)` (see [`SliceOpts`](crate::dispatcher::SliceOpts)).
     fn occupancy(&self) -> u64;
+    /// Path of a cgroup by id, for plugins that select by cgroup.
+    fn cgroup_path(&mut self, _cgroup_id: u64) -> Option<String> {
+        None
+    }
+    /// Real user id of a process.
+    fn task_uid(&mut self, _tgid: i32) -> Option<u32> {
+        None
+    }
     /// Tells the kernel side how many tasks the plugin still holds.
     fn set_scheduled(&mut self, pending: u64);
 }

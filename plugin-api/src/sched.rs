@@ -2,7 +2,11 @@
 
 use std::marker::PhantomData;
 
-use abi_stable::{prefix_type::WithMetadata, StableAbi};
+use abi_stable::{
+    prefix_type::WithMetadata,
+    std_types::{ROption, RString},
+    StableAbi,
+};
 
 use crate::task::{Counters, CpuTarget, QueuedTask};
 
@@ -13,7 +17,8 @@ use crate::task::{Counters, CpuTarget, QueuedTask};
 pub trait HostServices {
     /// Next task the kernel queued, or `None` when there is none left.
     fn dequeue_task(&mut self) -> Option<QueuedTask>;
-    /// The kernel's default idle-CPU pick for `task`.
+    /// The kernel's default idle-CPU pick for `task`: an idle CPU (its
+    /// previous one if idle), or [`CpuTarget::Any`] when none is idle.
     fn default_select_cpu(&mut self, task: &QueuedTask) -> CpuTarget;
     /// Number of possible CPUs.
     fn nr_cpus(&self) -> u32;
@@ -21,6 +26,15 @@ pub trait HostServices {
     fn now_ns(&self) -> u64;
     /// Queue counters.
     fn counters(&self) -> Counters;
+    /// Path of a cgroup (as under /sys/fs/cgroup, e.g.
+    /// `/kubepods.slice/…/pod<UID>/…`) from its id, if known.
+    fn cgroup_path(&mut self, _cgroup_id: u64) -> Option<String> {
+        None
+    }
+    /// Real user id of a process, if known.
+    fn task_uid(&mut self, _tgid: i32) -> Option<u32> {
+        None
+    }
 }
 
 /// Opaque stand-in for the host's state behind a [`Sched`].
@@ -43,6 +57,11 @@ pub struct HostVTable {
     now_ns: unsafe extern "C" fn(*mut HostCtx) -> u64,
     #[sabi(last_prefix_field)]
     counters: unsafe extern "C" fn(*mut HostCtx) -> Counters,
+    // Added after the first layout: a plugin may meet a host without them.
+    #[sabi(missing_field(option))]
+    cgroup_path: unsafe extern "C" fn(*mut HostCtx, u64) -> ROption<RString>,
+    #[sabi(missing_field(option))]
+    task_uid: unsafe extern "C" fn(*mut HostCtx, i32) -> ROption<u32>,
 }
 
 /// Host services handed to every [`CustomScheduler`](crate::CustomScheduler) call.
@@ -90,7 +109,8 @@ impl Sched<'_> {
         unsafe { (self.vtable.dequeue_task())(self.ctx, &mut t) }.then_some(t)
     }
 
-    /// The kernel's default idle-CPU pick for `task` (prefers its previous CPU).
+    /// The kernel's default idle-CPU pick for `task`: an idle CPU (its
+    /// previous one if idle), or [`CpuTarget::Any`] when none is idle.
     #[inline]
     pub fn default_select_cpu(&mut self, task: &QueuedTask) -> CpuTarget {
         // SAFETY: as in `dequeue_task`.
@@ -117,6 +137,25 @@ impl Sched<'_> {
         // SAFETY: as in `dequeue_task`.
         unsafe { (self.vtable.counters())(self.ctx) }
     }
+
+    /// Path of a cgroup from its id ([`QueuedTask::cgroup_id`]), as under
+    /// /sys/fs/cgroup; `None` if unknown (or the host predates this service).
+    /// It may cost a file-system walk: cache the answer.
+    pub fn cgroup_path(&mut self, cgroup_id: u64) -> Option<String> {
+        let f = self.vtable.cgroup_path()?;
+        // SAFETY: as in `dequeue_task`.
+        unsafe { f(self.ctx, cgroup_id) }
+            .into_option()
+            .map(RString::into_string)
+    }
+
+    /// Real user id of process `tgid`, if known. It may cost a file read:
+    /// cache the answer per process.
+    pub fn task_uid(&mut self, tgid: i32) -> Option<u32> {
+        let f = self.vtable.task_uid()?;
+        // SAFETY: as in `dequeue_task`.
+        unsafe { f(self.ctx, tgid) }.into_option()
+    }
 }
 
 struct VTableFor<H>(PhantomData<H>);
@@ -128,6 +167,8 @@ impl<H: HostServices> VTableFor<H> {
         nr_cpus: nr_cpus::<H>,
         now_ns: now_ns::<H>,
         counters: counters::<H>,
+        cgroup_path: cgroup_path::<H>,
+        task_uid: task_uid::<H>,
     });
     const REF: HostVTableRef = HostVTableRef(Self::WM.static_as_prefix());
 }
@@ -159,4 +200,10 @@ unsafe extern "C" fn now_ns<H: HostServices>(ctx: *mut HostCtx) -> u64 {
 }
 unsafe extern "C" fn counters<H: HostServices>(ctx: *mut HostCtx) -> Counters {
     (*ctx.cast::<H>()).counters()
+}
+unsafe extern "C" fn cgroup_path<H: HostServices>(ctx: *mut HostCtx, id: u64) -> ROption<RString> {
+    (*ctx.cast::<H>()).cgroup_path(id).map(RString::from).into()
+}
+unsafe extern "C" fn task_uid<H: HostServices>(ctx: *mut HostCtx, tgid: i32) -> ROption<u32> {
+    (*ctx.cast::<H>()).task_uid(tgid).into()
 }

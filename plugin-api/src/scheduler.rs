@@ -80,6 +80,15 @@ pub trait CustomScheduler: Send + Sized + 'static {
         0
     }
 
+    /// Called instead of [`select_queued_task`](Self::select_queued_task)
+    /// when every CPU is busy: return a task worth preempting a running one
+    /// for (removing it from the pool), or `None` (the default) to let it
+    /// wait for a CPU to free up. The host then kicks a CPU so the task runs
+    /// at once instead of at the next scheduler tick.
+    fn select_preempting(&mut self, _sched: &mut Sched<'_>) -> Option<QueuedTask> {
+        None
+    }
+
     /// How many tasks the plugin holds.
     fn pool_count(&self) -> u64;
 
@@ -104,6 +113,9 @@ pub struct Decision {
     pub cpu: CpuTarget,
     /// Its slice in ns, 0 for the host's default.
     pub slice_ns: u64,
+    /// Chosen by [`CustomScheduler::select_preempting`]: run it now, even
+    /// if that means preempting a running task.
+    pub preempt: bool,
 }
 
 /// What [`SchedulerBox::next_decision`] returns: the decision, if any, and
@@ -117,8 +129,9 @@ pub struct Next {
     pub pool_count: u64,
 }
 
-/// The next decision of `sched`: [`CustomScheduler::select_queued_task`], then
-/// [`time_slice`](CustomScheduler::time_slice) and
+/// The next decision of `sched`: [`CustomScheduler::select_queued_task`]
+/// (or, when every CPU is `busy`, [`CustomScheduler::select_preempting`]),
+/// then [`time_slice`](CustomScheduler::time_slice) and
 /// [`select_cpu`](CustomScheduler::select_cpu) for that task. `stage` names
 /// the method running, for error messages.
 #[doc(hidden)]
@@ -126,9 +139,15 @@ pub fn decide<T: CustomScheduler>(
     sched: &mut T,
     s: &mut Sched<'_>,
     stage: &Cell<&'static str>,
+    busy: bool,
 ) -> Option<Decision> {
-    stage.set("select_queued_task");
-    let task = sched.select_queued_task(s)?;
+    let task = if busy {
+        stage.set("select_preempting");
+        sched.select_preempting(s)?
+    } else {
+        stage.set("select_queued_task");
+        sched.select_queued_task(s)?
+    };
     stage.set("time_slice");
     let slice_ns = sched.time_slice(s, &task);
     stage.set("select_cpu");
@@ -137,6 +156,7 @@ pub fn decide<T: CustomScheduler>(
         task,
         cpu,
         slice_ns,
+        preempt: busy,
     })
 }
 
@@ -160,7 +180,7 @@ type Call<T> = RResult<T, RString>;
 #[sabi(missing_field(panic))]
 pub struct SchedulerVTable {
     drain_queued_tasks: unsafe extern "C" fn(*mut ErasedScheduler, &mut Sched<'_>) -> Call<u64>,
-    next_decision: unsafe extern "C" fn(*mut ErasedScheduler, &mut Sched<'_>) -> Call<Next>,
+    next_decision: unsafe extern "C" fn(*mut ErasedScheduler, &mut Sched<'_>, bool) -> Call<Next>,
     pool_count: unsafe extern "C" fn(*mut ErasedScheduler) -> Call<u64>,
     reconfigure: unsafe extern "C" fn(*mut ErasedScheduler, RStr<'_>) -> Call<()>,
     #[sabi(last_prefix_field)]
@@ -203,11 +223,12 @@ impl SchedulerBox {
         plain(unsafe { (self.vtable.drain_queued_tasks())(self.this, sched) })
     }
 
-    /// The next decision (see [`decide`]) and the pool count after it.
+    /// The next decision (see [`decide`]) and the pool count after it;
+    /// `busy`: every CPU is busy, only a preempting task is wanted.
     #[inline]
-    pub fn next_decision(&mut self, sched: &mut Sched<'_>) -> Result<Next, String> {
+    pub fn next_decision(&mut self, sched: &mut Sched<'_>, busy: bool) -> Result<Next, String> {
         // SAFETY: as above.
-        plain(unsafe { (self.vtable.next_decision())(self.this, sched) })
+        plain(unsafe { (self.vtable.next_decision())(self.this, sched, busy) })
     }
 
     /// See [`CustomScheduler::pool_count`].
@@ -305,10 +326,11 @@ unsafe extern "C" fn drain_queued_tasks<T: CustomScheduler>(
 unsafe extern "C" fn next_decision<T: CustomScheduler>(
     this: *mut ErasedScheduler,
     s: &mut Sched<'_>,
+    busy: bool,
 ) -> Call<Next> {
     let stage = Cell::new("select_queued_task");
     guarded::<T, _>(this, &stage, |p| {
-        let decision = decide(p, s, &stage).into();
+        let decision = decide(p, s, &stage, busy).into();
         stage.set("pool_count");
         Next {
             decision,

@@ -27,7 +27,15 @@ pub fn built(release: bool) -> &'static Path {
         cmd.current_dir(repo())
             .args(["build", "--quiet", "--target-dir"])
             .arg(&target);
-        for p in ["host", "simple", "panicky", "hoarder", "wrong-abi"] {
+        for p in [
+            "host",
+            "simple",
+            "deadline",
+            "strategy",
+            "panicky",
+            "hoarder",
+            "wrong-abi",
+        ] {
             cmd.args(["-p", p]);
         }
         if release {

@@ -1,5 +1,6 @@
 //! The real kernel: bpf/main.bpf.c loaded through libbpf-rs.
 
+mod cgroups;
 pub mod preflight;
 
 mod skel {
@@ -108,6 +109,7 @@ pub struct BpfKernel<'obj> {
     nr_cpus: u32,
     /// Decisions written to the dispatch ring so far.
     submitted: u64,
+    cgroups: cgroups::CgroupPaths,
     opts: BpfOptions,
     last_stats: Instant,
 }
@@ -167,6 +169,7 @@ impl<'obj> BpfKernel<'obj> {
             link: None,
             nr_cpus: libbpf_rs::num_possible_cpus().unwrap_or(1) as u32,
             submitted: 0,
+            cgroups: cgroups::CgroupPaths::default(),
             opts,
             last_stats: Instant::now(),
         })
@@ -323,7 +326,7 @@ impl Kernel for BpfKernel<'_> {
         let prog = &self.skel.progs.default_select_cpu;
         match prog.test_run(input) {
             Ok(_) if arg.cpu >= 0 => CpuTarget::Cpu(arg.cpu as u32),
-            _ => CpuTarget::Cpu(task.cpu.max(0) as u32),
+            _ => CpuTarget::Any,
         }
     }
 
@@ -363,6 +366,16 @@ impl Kernel for BpfKernel<'_> {
             .submitted
             .saturating_sub(b.nr_user_dispatches + b.nr_failed_dispatches);
         b.nr_running + in_flight
+    }
+
+    fn cgroup_path(&mut self, cgroup_id: u64) -> Option<String> {
+        self.cgroups.path(cgroup_id)
+    }
+
+    fn task_uid(&mut self, tgid: i32) -> Option<u32> {
+        let status = std::fs::read_to_string(format!("/proc/{tgid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
     }
 
     fn set_scheduled(&mut self, pending: u64) {

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use plugin_api::{Counters, CpuTarget, DispatchedTask, QueuedTask, ENQ_WAKEUP};
 
+use crate::dispatcher::DISPATCH_PREEMPT;
 use crate::kernel::{ExitInfo, ExitKind, Kernel, KernelError, Wake};
 use report::{GroupReport, Latencies};
 use rng::Rng;
@@ -55,6 +56,9 @@ struct Task {
     slice: u64,
     partner: Option<usize>,
     comm: [u8; 16],
+    tgid: i32,
+    cgroup_id: u64,
+    uid: u32,
 }
 
 #[derive(Debug, Default)]
@@ -94,6 +98,9 @@ pub struct Simulator {
     builtin_idle: bool,
     /// Tasks waiting in all local queues together.
     local_queued: usize,
+    preemptions: u64,
+    /// Cgroup paths by id (index + 1); id 1 is the root.
+    cgroups: Vec<String>,
     exit: Option<ExitInfo>,
     finished: bool,
     groups: Vec<GroupReport>,
@@ -123,6 +130,8 @@ impl Simulator {
             kick_armed: false,
             builtin_idle: true,
             local_queued: 0,
+            preemptions: 0,
+            cgroups: vec!["/".to_string()],
             exit: None,
             finished: false,
             groups: Vec::new(),
@@ -135,6 +144,17 @@ impl Simulator {
             let mut comm = [0u8; 16];
             let n = g.name.len().min(15);
             comm[..n].copy_from_slice(&g.name.as_bytes()[..n]);
+            let cgroup_id = match &g.cgroup {
+                None => 1,
+                Some(path) => match sim.cgroups.iter().position(|c| c == path) {
+                    Some(k) => k as u64 + 1,
+                    None => {
+                        sim.cgroups.push(path.clone());
+                        sim.cgroups.len() as u64
+                    }
+                },
+            };
+            let leader = PID_BASE + sim.tasks.len() as i32;
             for k in 0..g.count as usize {
                 let idx = sim.tasks.len();
                 let partner = match g.behaviour {
@@ -158,6 +178,13 @@ impl Simulator {
                     slice: KERNEL_SLICE_NS,
                     partner,
                     comm,
+                    tgid: if g.threads {
+                        leader
+                    } else {
+                        PID_BASE + idx as i32
+                    },
+                    cgroup_id,
+                    uid: g.uid,
                 });
                 // Spread first wake-ups so periodic tasks are not in lockstep;
                 // the second task of a ping-pong pair waits for its partner.
@@ -233,18 +260,17 @@ impl Simulator {
     }
 
     fn wake(&mut self, i: usize) {
+        // A periodic task's releases keep their period even when one is
+        // missed because the task is still busy with the last.
+        if let Behaviour::Periodic { period_us, .. } = self.tasks[i].behaviour {
+            self.push(self.now + period_us * 1000, Event::Wake(i));
+        }
         if self.tasks[i].state != State::Sleeping {
             return;
         }
         self.tasks[i].work_left = match self.tasks[i].behaviour {
             Behaviour::CpuBound {} => u64::MAX,
-            Behaviour::Periodic {
-                runtime_us,
-                period_us,
-            } => {
-                self.push(self.now + period_us * 1000, Event::Wake(i));
-                runtime_us * 1000
-            }
+            Behaviour::Periodic { runtime_us, .. } => runtime_us * 1000,
             Behaviour::PingPong { runtime_us } => runtime_us * 1000,
             Behaviour::Bursty { run_us, jitter, .. } => self.rng.around(run_us * 1000, jitter),
         };
@@ -280,7 +306,7 @@ impl Simulator {
         if self.ring.len() < self.ring_size {
             let mut q = QueuedTask {
                 pid: PID_BASE + i as i32,
-                tgid: PID_BASE + i as i32,
+                tgid: t.tgid,
                 cpu: t.prev_cpu as i32,
                 nr_cpus_allowed: self.cpus.len() as u32,
                 flags: if t.woke_at.is_some() { ENQ_WAKEUP } else { 0 },
@@ -289,7 +315,7 @@ impl Simulator {
                 exec_runtime: t.exec_runtime,
                 weight: t.weight,
                 vtime: t.vtime,
-                cgroup_id: t.group as u64 + 1,
+                cgroup_id: t.cgroup_id,
                 comm: [0; 16],
             };
             q.comm = t.comm;
@@ -491,26 +517,36 @@ impl Kernel for Simulator {
         t.slice = d.slice_ns.max(1);
         t.queued_on_dsq = true;
         let prev = t.prev_cpu;
-        match d.cpu {
+        let target = match d.cpu {
             CpuTarget::Cpu(c) if (c as usize) < self.cpus.len() => {
                 self.cpus[c as usize].local.push_back(i);
                 self.local_queued += 1;
                 self.next_on(c);
+                c
             }
             target => {
                 if target != CpuTarget::Any {
                     self.counters.nr_bounce_dispatches += 1;
                 }
                 self.push_shared(d.vtime, i);
-                self.kick_idle(prev);
+                if self.idle_cpu(prev).is_some() {
+                    self.kick_idle(prev);
+                }
+                prev
             }
+        };
+        // Preemption, as the BPF side does it: kick the task's CPU, whose
+        // running task goes back to the scheduler and the best queued task runs.
+        if d.flags & DISPATCH_PREEMPT != 0 && self.tasks[i].state == State::Waiting {
+            self.preemptions += 1;
+            self.stop(target);
         }
         Ok(())
     }
 
     fn default_select_cpu(&mut self, task: &QueuedTask) -> CpuTarget {
         let prev = (task.cpu.max(0) as u32).min(self.cpus.len() as u32 - 1);
-        CpuTarget::Cpu(self.idle_cpu(prev).unwrap_or(prev))
+        self.idle_cpu(prev).map_or(CpuTarget::Any, CpuTarget::Cpu)
     }
 
     fn nr_cpus(&self) -> u32 {
@@ -530,6 +566,16 @@ impl Kernel for Simulator {
 
     fn occupancy(&self) -> u64 {
         self.counters.nr_running + (self.local_queued + self.shared.len()) as u64
+    }
+
+    fn cgroup_path(&mut self, cgroup_id: u64) -> Option<String> {
+        let k = usize::try_from(cgroup_id).ok()?.checked_sub(1)?;
+        self.cgroups.get(k).cloned()
+    }
+
+    fn task_uid(&mut self, tgid: i32) -> Option<u32> {
+        let i = usize::try_from(tgid.checked_sub(PID_BASE)?).ok()?;
+        self.tasks.get(i).map(|t| t.uid)
     }
 
     fn set_scheduled(&mut self, pending: u64) {
@@ -563,6 +609,7 @@ pub fn simulate<P: crate::dispatcher::Policy>(
         dispatched: c.nr_user_dispatches,
         kernel_dispatched: c.nr_kernel_dispatches,
         bounced: c.nr_bounce_dispatches,
+        preemptions: d.kernel.preemptions,
         failed: c.nr_failed_dispatches,
         congested: c.nr_sched_congested,
         decisions_per_sec: if busy > 0.0 {

@@ -92,6 +92,8 @@ pub struct SimReport {
     pub bounced: u64,
     /// Dispatches refused (task not waiting).
     pub failed: u64,
+    /// Running tasks preempted for an urgent one.
+    pub preemptions: u64,
     /// Times the queue to the host was full.
     pub congested: u64,
     /// The host's real decisions per second of its own busy time.

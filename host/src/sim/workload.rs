@@ -63,6 +63,14 @@ pub struct Group {
     pub nice: i32,
     /// sched_ext weight (1..=10000, 100 = nice 0).
     pub weight: Option<u64>,
+    /// Cgroup path of the tasks, as under /sys/fs/cgroup (default "/").
+    pub cgroup: Option<String>,
+    /// Real user id of the tasks (default 0).
+    #[serde(default)]
+    pub uid: u32,
+    /// The tasks are threads of one process (one tgid) instead of processes.
+    #[serde(default)]
+    pub threads: bool,
     /// What each task does.
     pub behaviour: Behaviour,
 }

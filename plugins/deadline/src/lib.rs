@@ -1,0 +1,262 @@
+//! `deadline`: a latency-aware policy of the vruntime + deadline family.
+//!
+//! Every task has a weighted virtual runtime. Its deadline is that vruntime
+//! plus the CPU time it used since it last slept (averaged over its recent
+//! bursts), so tasks that sleep often — interactive programs, message
+//! passing — are picked before CPU hogs. A sleeper's credit and a hog's
+//! penalty are both bounded; the slice shrinks as the queue grows; the
+//! kernel's idle-CPU pick keeps tasks near their caches; and a task whose
+//! bursts are short may preempt a running hog when no CPU is free.
+//!
+//! `[plugin]` knobs (all optional): `slice_max_us` (5000), `slice_min_us`
+//! (250), `max_credit_us` (5000: how far behind the pack a sleeper may
+//! come back), `max_penalty_us` (20000: cap of the burst term of the
+//! deadline), `preempt_burst_us` (1000: bursts at most this long may
+//! preempt; 0 disables preemption), `idle_pick` (true).
+
+use std::collections::{BTreeMap, HashMap};
+
+use plugin_api::{CpuTarget, CustomScheduler, QueuedTask, Sched, ENQ_WAKEUP, WEIGHT_NICE_0};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Settings {
+    slice_max_us: u64,
+    slice_min_us: u64,
+    max_credit_us: u64,
+    max_penalty_us: u64,
+    preempt_burst_us: u64,
+    idle_pick: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            slice_max_us: 5000,
+            slice_min_us: 250,
+            max_credit_us: 5000,
+            max_penalty_us: 20000,
+            preempt_burst_us: 1000,
+            idle_pick: true,
+        }
+    }
+}
+
+/// What the policy remembers of a task between its records.
+#[derive(Debug, Clone, Copy, Default)]
+struct TaskState {
+    vruntime: u64,
+    /// CPU time since the task last woke up.
+    burst: u64,
+    /// Average of its recent bursts.
+    avg_burst: u64,
+    /// Drain round in which the task was last seen (for forgetting it).
+    seen: u64,
+}
+
+/// The deadline scheduler.
+pub struct Deadline {
+    cfg: Settings,
+    /// Keyed by (deadline, arrival).
+    pool: BTreeMap<(u64, u64), QueuedTask>,
+    tasks: HashMap<i32, TaskState>,
+    /// The pack's virtual time: the vruntime of the last task picked.
+    vtime_now: u64,
+    arrivals: u64,
+    rounds: u64,
+}
+
+/// Forget tasks not seen for this many drain rounds.
+const FORGET_AFTER: u64 = 100_000;
+
+impl Deadline {
+    fn scaled(ns: u64, weight: u64) -> u64 {
+        ns.saturating_mul(WEIGHT_NICE_0) / weight.max(1)
+    }
+
+    /// Updates the task's state from its record and returns its deadline.
+    fn account(&mut self, t: &QueuedTask) -> u64 {
+        let cfg = &self.cfg;
+        let now = self.vtime_now;
+        let st = self.tasks.entry(t.pid).or_insert(TaskState {
+            vruntime: now,
+            ..TaskState::default()
+        });
+        let ran = t.stop_ts.saturating_sub(t.start_ts);
+        st.vruntime += Self::scaled(ran, t.weight);
+        st.burst += ran;
+        st.seen = self.rounds;
+        if t.flags & ENQ_WAKEUP != 0 {
+            st.avg_burst = (st.avg_burst * 3 + st.burst) / 4;
+            st.burst = 0;
+            // Bounded credit: a long sleep buys at most max_credit.
+            st.vruntime = st
+                .vruntime
+                .max(now.saturating_sub(cfg.max_credit_us * 1000));
+        }
+        let burst = st.avg_burst.max(st.burst).min(cfg.max_penalty_us * 1000);
+        st.vruntime + Self::scaled(burst, t.weight)
+    }
+
+    fn forget_old(&mut self) {
+        let rounds = self.rounds;
+        if rounds % 4096 == 0 {
+            self.tasks.retain(|_, s| rounds - s.seen < FORGET_AFTER);
+        }
+    }
+
+    fn take(&mut self, key: (u64, u64)) -> QueuedTask {
+        let mut t = self.pool.remove(&key).expect("key from the pool");
+        if let Some(st) = self.tasks.get(&t.pid) {
+            self.vtime_now = self.vtime_now.max(st.vruntime);
+        }
+        // The kernel's shared queue is ordered by this: keep the deadline order.
+        t.vtime = key.0;
+        t
+    }
+}
+
+impl CustomScheduler for Deadline {
+    const NAME: &'static str = "deadline";
+
+    fn new(config: &str) -> Result<Self, String> {
+        let cfg: Settings = toml::from_str(config).map_err(|e| e.message().to_string())?;
+        if cfg.slice_min_us == 0 || cfg.slice_min_us > cfg.slice_max_us {
+            return Err("need 0 < slice_min_us <= slice_max_us".into());
+        }
+        Ok(Deadline {
+            cfg,
+            pool: BTreeMap::new(),
+            tasks: HashMap::new(),
+            vtime_now: 0,
+            arrivals: 0,
+            rounds: 0,
+        })
+    }
+
+    fn drain_queued_tasks(&mut self, sched: &mut Sched<'_>) {
+        self.rounds += 1;
+        self.forget_old();
+        while let Some(t) = sched.dequeue_task() {
+            let deadline = self.account(&t);
+            self.arrivals += 1;
+            self.pool.insert((deadline, self.arrivals), t);
+        }
+    }
+
+    fn select_queued_task(&mut self, _: &mut Sched<'_>) -> Option<QueuedTask> {
+        let key = *self.pool.first_key_value()?.0;
+        Some(self.take(key))
+    }
+
+    fn select_preempting(&mut self, _: &mut Sched<'_>) -> Option<QueuedTask> {
+        let limit = self.cfg.preempt_burst_us * 1000;
+        let (&key, t) = self.pool.first_key_value()?;
+        let st = self.tasks.get(&t.pid)?;
+        // Only short-burst tasks that just woke are worth a preemption.
+        let urgent = limit > 0 && t.flags & ENQ_WAKEUP != 0 && st.avg_burst <= limit;
+        urgent.then(|| self.take(key))
+    }
+
+    fn select_cpu(&mut self, sched: &mut Sched<'_>, task: &QueuedTask) -> CpuTarget {
+        if self.cfg.idle_pick {
+            sched.default_select_cpu(task)
+        } else {
+            CpuTarget::Any
+        }
+    }
+
+    fn time_slice(&mut self, _: &mut Sched<'_>, _: &QueuedTask) -> u64 {
+        let waiting = self.pool.len() as u64 + 1;
+        (self.cfg.slice_max_us * 1000 / waiting).max(self.cfg.slice_min_us * 1000)
+    }
+
+    fn pool_count(&self) -> u64 {
+        self.pool.len() as u64
+    }
+
+    fn reconfigure(&mut self, config: &str) -> Result<(), String> {
+        let fresh = Self::new(config)?;
+        self.cfg = fresh.cfg;
+        Ok(())
+    }
+}
+
+plugin_api::export_plugin!(Deadline);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plugin_api::{Counters, HostServices};
+    use std::collections::VecDeque;
+
+    struct Host(VecDeque<QueuedTask>);
+    impl HostServices for Host {
+        fn dequeue_task(&mut self) -> Option<QueuedTask> {
+            self.0.pop_front()
+        }
+        fn default_select_cpu(&mut self, _: &QueuedTask) -> CpuTarget {
+            CpuTarget::Any
+        }
+        fn nr_cpus(&self) -> u32 {
+            1
+        }
+        fn now_ns(&self) -> u64 {
+            0
+        }
+        fn counters(&self) -> Counters {
+            Counters::default()
+        }
+    }
+
+    fn rec(pid: i32, ran_us: u64, wakeup: bool) -> QueuedTask {
+        QueuedTask {
+            pid,
+            weight: 100,
+            start_ts: 0,
+            stop_ts: ran_us * 1000,
+            flags: if wakeup { ENQ_WAKEUP } else { 0 },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn short_sleepers_go_before_hogs_and_may_preempt() {
+        let mut d = Deadline::new("").unwrap();
+        // Teach it: pid 1 runs 10 ms bursts, pid 2 runs 100 µs and sleeps.
+        for _ in 0..8 {
+            let mut host = Host(vec![rec(1, 10_000, false), rec(2, 100, true)].into());
+            Sched::with(&mut host, |s| {
+                d.drain_queued_tasks(s);
+                while d.select_queued_task(s).is_some() {}
+            });
+        }
+        let mut host = Host(vec![rec(1, 10_000, false), rec(2, 100, true)].into());
+        Sched::with(&mut host, |s| {
+            d.drain_queued_tasks(s);
+            assert_eq!(d.select_preempting(s).map(|t| t.pid), Some(2));
+            assert_eq!(
+                d.select_preempting(s).map(|t| t.pid),
+                None,
+                "a hog never preempts"
+            );
+            assert_eq!(d.select_queued_task(s).map(|t| t.pid), Some(1));
+        });
+    }
+
+    #[test]
+    fn slice_shrinks_with_the_queue() {
+        let mut d = Deadline::new("slice_max_us = 4000\nslice_min_us = 500").unwrap();
+        let tasks: VecDeque<_> = (1..=8).map(|p| rec(p, 0, true)).collect();
+        let mut host = Host(tasks);
+        Sched::with(&mut host, |s| {
+            let t = QueuedTask::default();
+            assert_eq!(d.time_slice(s, &t), 4_000_000);
+            d.drain_queued_tasks(s);
+            assert_eq!(d.time_slice(s, &t), 500_000);
+        });
+        assert!(Deadline::new("slice_min_us = 0").is_err());
+        assert!(Deadline::new("speed = 1").is_err());
+    }
+}

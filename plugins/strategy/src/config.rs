@@ -1,0 +1,137 @@
+//! The `[plugin]` table of the strategy policy.
+
+use regex::Regex;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Raw {
+    max_burst_us: u64,
+    max_wait_ms: u64,
+    max_credit_us: u64,
+    #[serde(rename = "strategy")]
+    strategies: Vec<RawStrategy>,
+}
+
+impl Default for Raw {
+    fn default() -> Self {
+        Raw {
+            max_burst_us: 5000,
+            max_wait_ms: 100,
+            max_credit_us: 5000,
+            strategies: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStrategy {
+    name: Option<String>,
+    #[serde(default)]
+    priority: u32,
+    execution_time_us: Option<u64>,
+    comm: Option<String>,
+    #[serde(default)]
+    pids: Vec<i32>,
+    #[serde(default)]
+    tgids: Vec<i32>,
+    cgroup_prefix: Option<String>,
+    uid: Option<u32>,
+}
+
+/// One strategy: who it selects (every given selector must match) and what
+/// they get.
+#[derive(Debug)]
+pub struct Strategy {
+    /// Priority level: higher runs first; 0 is the level of unmatched tasks.
+    pub priority: u32,
+    /// Slice of matched tasks (ns); `None` leaves it to the host.
+    pub slice_ns: Option<u64>,
+    /// Command-name regex (matched against each thread's comm).
+    pub comm: Option<Regex>,
+    /// Thread ids.
+    pub pids: Vec<i32>,
+    /// Process ids (all their threads).
+    pub tgids: Vec<i32>,
+    /// Cgroup path prefix, e.g. `/kubepods.slice/kubepods-pod<UID>`.
+    pub cgroup_prefix: Option<String>,
+    /// Real user id.
+    pub uid: Option<u32>,
+}
+
+/// The whole table.
+#[derive(Debug)]
+pub struct Settings {
+    /// A matched task that runs longer than this without sleeping loses its
+    /// priority until it sleeps (the starvation guard against matched hogs).
+    pub max_burst_ns: u64,
+    /// A task waiting longer than this is run next, whatever its level.
+    pub max_wait_ns: u64,
+    /// How far behind the others a sleeper may come back (vtime).
+    pub max_credit_ns: u64,
+    /// Strategies, first match wins.
+    pub strategies: Vec<Strategy>,
+}
+
+impl Settings {
+    /// Parses and checks the table.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let raw: Raw = toml::from_str(text).map_err(|e| e.message().trim().to_string())?;
+        if raw.max_burst_us == 0 || raw.max_wait_ms == 0 {
+            return Err("max_burst_us and max_wait_ms must be positive".into());
+        }
+        let mut strategies = Vec::new();
+        for (i, s) in raw.strategies.into_iter().enumerate() {
+            let name = s
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("strategy {}", i + 1));
+            let comm = match &s.comm {
+                Some(re) => Some(Regex::new(re).map_err(|e| {
+                    format!(
+                        "{name}: bad comm regex: {}",
+                        e.to_string().replace('\n', " ")
+                    )
+                })?),
+                None => None,
+            };
+            let selects = comm.is_some()
+                || !s.pids.is_empty()
+                || !s.tgids.is_empty()
+                || s.cgroup_prefix.is_some()
+                || s.uid.is_some();
+            if !selects {
+                return Err(format!(
+                    "{name}: no selector (comm, pids, tgids, cgroup_prefix or uid)"
+                ));
+            }
+            if s.execution_time_us == Some(0) {
+                return Err(format!("{name}: execution_time_us must be positive"));
+            }
+            strategies.push(Strategy {
+                priority: s.priority,
+                slice_ns: s.execution_time_us.map(|us| us * 1000),
+                comm,
+                pids: s.pids,
+                tgids: s.tgids,
+                cgroup_prefix: s.cgroup_prefix,
+                uid: s.uid,
+            });
+        }
+        Ok(Settings {
+            max_burst_ns: raw.max_burst_us * 1000,
+            max_wait_ns: raw.max_wait_ms * 1_000_000,
+            max_credit_ns: raw.max_credit_us * 1000,
+            strategies,
+        })
+    }
+
+    /// Whether any strategy needs cgroup paths / user ids (so the policy
+    /// asks the host only when it must).
+    pub fn needs(&self) -> (bool, bool) {
+        let cg = self.strategies.iter().any(|s| s.cgroup_prefix.is_some());
+        let uid = self.strategies.iter().any(|s| s.uid.is_some());
+        (cg, uid)
+    }
+}

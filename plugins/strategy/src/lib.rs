@@ -1,0 +1,275 @@
+//! `strategy`: tell the scheduler which workloads matter.
+//!
+//! The `[plugin]` table lists strategies; each selects tasks by command
+//! regex, thread or process ids, cgroup path prefix (Kubernetes pods live
+//! under `…kubepods…pod<UID>…`) or user id, and gives them a priority level
+//! and/or an execution time (slice). Matched tasks run ahead of unmatched
+//! ones, by level, and may preempt them; within a level, weighted virtual
+//! time keeps things fair. Matching is cached per thread identity (pid,
+//! process, cgroup, comm), so a regex runs once per new thread, never per
+//! dispatch.
+//!
+//! Starvation guard: a matched task that runs longer than `max_burst_us`
+//! without sleeping loses its priority until it sleeps (a prioritised CPU
+//! hog cannot take the machine), and any task that has waited `max_wait_ms`
+//! runs next whatever its level.
+//!
+//! ```toml
+//! [plugin]
+//! max_burst_us = 5000
+//! max_wait_ms = 100
+//! [[plugin.strategy]]
+//! name = "ran"
+//! priority = 10
+//! execution_time_us = 20
+//! comm = "^(nr-gnb|nr-ue|ping)$"
+//! cgroup_prefix = "/kubepods.slice/kubepods-pod1234"
+//! ```
+
+mod config;
+
+use std::collections::{BTreeMap, HashMap};
+
+use plugin_api::{
+    CpuTarget, CustomScheduler, QueuedTask, Sched, COMM_LEN, ENQ_WAKEUP, WEIGHT_NICE_0,
+};
+
+use config::Settings;
+
+/// Who a thread is, for the match cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Identity {
+    pid: i32,
+    tgid: i32,
+    cgroup_id: u64,
+    comm: [u8; COMM_LEN],
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct TaskState {
+    vruntime: u64,
+    /// CPU time since the task last woke up.
+    burst: u64,
+    seen: u64,
+}
+
+/// Pool order: higher level first, then lower vruntime, then arrival.
+type Key = (u32, u64, u64);
+
+#[derive(Debug)]
+struct Pooled {
+    task: QueuedTask,
+    level: u32,
+    slice_ns: u64,
+    since: u64,
+}
+
+/// The strategy scheduler.
+pub struct StrategyPolicy {
+    cfg: Settings,
+    matches: HashMap<Identity, Option<usize>>,
+    cgroup_paths: HashMap<u64, String>,
+    uids: HashMap<i32, Option<u32>>,
+    tasks: HashMap<i32, TaskState>,
+    pool: BTreeMap<Key, Pooled>,
+    /// Arrival → pool key, to find the longest-waiting task.
+    arrivals: BTreeMap<u64, Key>,
+    vtime_now: u64,
+    seq: u64,
+    rounds: u64,
+    /// Slice of the task most recently taken from the pool.
+    last_slice: u64,
+}
+
+/// Kernel queue order: each level sits this far ahead in virtual time.
+const LEVEL_SPAN: u64 = 1 << 40;
+const FORGET_AFTER: u64 = 100_000;
+const MAX_CACHED: usize = 1 << 16;
+
+impl StrategyPolicy {
+    /// Index of the first strategy that selects `t`. Answers are cached,
+    /// except when the host did not know the cgroup's path yet (retried).
+    fn classify(&mut self, sched: &mut Sched<'_>, t: &QueuedTask) -> Option<usize> {
+        let id = Identity {
+            pid: t.pid,
+            tgid: t.tgid,
+            cgroup_id: t.cgroup_id,
+            comm: t.comm,
+        };
+        if let Some(&m) = self.matches.get(&id) {
+            return m;
+        }
+        let (need_cg, need_uid) = self.cfg.needs();
+        let mut cacheable = true;
+        let path = if need_cg {
+            match self.cgroup_paths.get(&t.cgroup_id) {
+                Some(p) => Some(p.clone()),
+                None => {
+                    let p = sched.cgroup_path(t.cgroup_id);
+                    match &p {
+                        Some(p) => {
+                            self.cgroup_paths.insert(t.cgroup_id, p.clone());
+                        }
+                        None => cacheable = false,
+                    }
+                    p
+                }
+            }
+        } else {
+            None
+        };
+        let uid = if need_uid {
+            *self
+                .uids
+                .entry(t.tgid)
+                .or_insert_with(|| sched.task_uid(t.tgid))
+        } else {
+            None
+        };
+        let comm = t.comm_str();
+        let found = self.cfg.strategies.iter().position(|s| {
+            s.comm.as_ref().is_none_or(|re| re.is_match(&comm))
+                && (s.pids.is_empty() || s.pids.contains(&t.pid))
+                && (s.tgids.is_empty() || s.tgids.contains(&t.tgid))
+                && s.cgroup_prefix
+                    .as_ref()
+                    .is_none_or(|pre| path.as_ref().is_some_and(|p| p.starts_with(pre.as_str())))
+                && s.uid.is_none_or(|want| uid == Some(want))
+        });
+        if cacheable {
+            if self.matches.len() >= MAX_CACHED {
+                self.matches.clear();
+            }
+            self.matches.insert(id, found);
+        }
+        found
+    }
+
+    fn take(&mut self, key: Key) -> QueuedTask {
+        let p = self.pool.remove(&key).expect("key from the pool");
+        self.arrivals.remove(&key.2);
+        self.vtime_now = self.vtime_now.max(key.1);
+        self.last_slice = p.slice_ns;
+        let mut t = p.task;
+        // The kernel's shared queue is ordered by this: levels first.
+        t.vtime = key.1.saturating_sub(u64::from(p.level) * LEVEL_SPAN);
+        t
+    }
+
+    fn forget_old(&mut self) {
+        let rounds = self.rounds;
+        if rounds % 4096 == 0 {
+            self.tasks.retain(|_, s| rounds - s.seen < FORGET_AFTER);
+            if self.uids.len() >= MAX_CACHED {
+                self.uids.clear();
+            }
+        }
+    }
+}
+
+impl CustomScheduler for StrategyPolicy {
+    const NAME: &'static str = "strategy";
+
+    fn new(config: &str) -> Result<Self, String> {
+        Ok(StrategyPolicy {
+            cfg: Settings::parse(config)?,
+            matches: HashMap::new(),
+            cgroup_paths: HashMap::new(),
+            uids: HashMap::new(),
+            tasks: HashMap::new(),
+            pool: BTreeMap::new(),
+            arrivals: BTreeMap::new(),
+            vtime_now: 0,
+            seq: 0,
+            rounds: 0,
+            last_slice: 0,
+        })
+    }
+
+    fn drain_queued_tasks(&mut self, sched: &mut Sched<'_>) {
+        self.rounds += 1;
+        self.forget_old();
+        let now = sched.now_ns();
+        while let Some(t) = sched.dequeue_task() {
+            let strategy = self.classify(sched, &t);
+            let (credit, max_burst, vtime_now, rounds) = (
+                self.cfg.max_credit_ns,
+                self.cfg.max_burst_ns,
+                self.vtime_now,
+                self.rounds,
+            );
+            let st = self.tasks.entry(t.pid).or_insert(TaskState {
+                vruntime: vtime_now,
+                ..Default::default()
+            });
+            let ran = t.stop_ts.saturating_sub(t.start_ts);
+            st.vruntime += ran.saturating_mul(WEIGHT_NICE_0) / t.weight.max(1);
+            st.seen = rounds;
+            if t.flags & ENQ_WAKEUP != 0 {
+                st.burst = 0;
+                st.vruntime = st.vruntime.max(vtime_now.saturating_sub(credit));
+            } else {
+                st.burst += ran;
+            }
+            let s = strategy.map(|i| &self.cfg.strategies[i]);
+            // The guard: a matched task hogging the CPU is demoted until it sleeps.
+            let level = match s {
+                Some(s) if st.burst <= max_burst => s.priority,
+                _ => 0,
+            };
+            let slice_ns = s.and_then(|s| s.slice_ns).unwrap_or(0);
+            self.seq += 1;
+            let key = (u32::MAX - level, st.vruntime, self.seq);
+            self.pool.insert(
+                key,
+                Pooled {
+                    task: t,
+                    level,
+                    slice_ns,
+                    since: now,
+                },
+            );
+            self.arrivals.insert(self.seq, key);
+        }
+    }
+
+    fn select_queued_task(&mut self, sched: &mut Sched<'_>) -> Option<QueuedTask> {
+        let (_, &oldest) = self.arrivals.first_key_value()?;
+        let overdue =
+            sched.now_ns().saturating_sub(self.pool[&oldest].since) > self.cfg.max_wait_ns;
+        let key = if overdue {
+            oldest
+        } else {
+            *self.pool.first_key_value()?.0
+        };
+        Some(self.take(key))
+    }
+
+    fn select_preempting(&mut self, _: &mut Sched<'_>) -> Option<QueuedTask> {
+        let (&key, p) = self.pool.first_key_value()?;
+        (p.level > 0 && p.task.flags & ENQ_WAKEUP != 0).then(|| self.take(key))
+    }
+
+    fn select_cpu(&mut self, sched: &mut Sched<'_>, task: &QueuedTask) -> CpuTarget {
+        sched.default_select_cpu(task)
+    }
+
+    fn time_slice(&mut self, _: &mut Sched<'_>, _: &QueuedTask) -> u64 {
+        self.last_slice
+    }
+
+    fn pool_count(&self) -> u64 {
+        self.pool.len() as u64
+    }
+
+    fn reconfigure(&mut self, config: &str) -> Result<(), String> {
+        self.cfg = Settings::parse(config)?;
+        self.matches.clear();
+        Ok(())
+    }
+}
+
+plugin_api::export_plugin!(StrategyPolicy);
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,158 @@
+use std::collections::VecDeque;
+
+use plugin_api::{Counters, HostServices};
+
+use super::*;
+
+struct Host {
+    queue: VecDeque<QueuedTask>,
+    now: u64,
+    cgroup_lookups: u32,
+}
+
+impl HostServices for Host {
+    fn dequeue_task(&mut self) -> Option<QueuedTask> {
+        self.queue.pop_front()
+    }
+    fn default_select_cpu(&mut self, _: &QueuedTask) -> CpuTarget {
+        CpuTarget::Any
+    }
+    fn nr_cpus(&self) -> u32 {
+        2
+    }
+    fn now_ns(&self) -> u64 {
+        self.now
+    }
+    fn counters(&self) -> Counters {
+        Counters::default()
+    }
+    fn cgroup_path(&mut self, id: u64) -> Option<String> {
+        self.cgroup_lookups += 1;
+        (id == 7).then(|| "/kubepods.slice/kubepods-pod1234.slice/cri-aa.scope".to_string())
+    }
+    fn task_uid(&mut self, tgid: i32) -> Option<u32> {
+        Some(if tgid == 300 { 1000 } else { 0 })
+    }
+}
+
+fn task(pid: i32, tgid: i32, comm: &str, cgroup_id: u64) -> QueuedTask {
+    let mut t = QueuedTask {
+        pid,
+        tgid,
+        cgroup_id,
+        weight: 100,
+        flags: ENQ_WAKEUP,
+        ..Default::default()
+    };
+    t.set_comm(comm);
+    t
+}
+
+const CONFIG: &str = r#"
+[[strategy]]
+name = "ran"
+priority = 10
+execution_time_us = 20
+comm = "^(nr-gnb|nr-ue|ping)$"
+cgroup_prefix = "/kubepods.slice/kubepods-pod1234"
+
+[[strategy]]
+priority = 5
+uid = 1000
+"#;
+
+fn run(p: &mut StrategyPolicy, host: &mut Host) -> Vec<(i32, u64)> {
+    Sched::with(host, |s| {
+        p.drain_queued_tasks(s);
+        let mut out = vec![];
+        while let Some(t) = p.select_queued_task(s) {
+            out.push((t.pid, p.time_slice(s, &t)));
+        }
+        out
+    })
+}
+
+#[test]
+fn matched_tasks_run_first_by_level_with_their_slice() {
+    let mut p = StrategyPolicy::new(CONFIG).unwrap();
+    let mut host = Host {
+        queue: vec![
+            task(1, 1, "bash", 7),
+            task(2, 300, "worker", 1), // uid 1000: level 5
+            task(3, 100, "nr-gnb", 7), // pod + comm: level 10
+            task(4, 100, "nr-gnb", 1), // right comm, wrong cgroup
+            task(5, 100, "ping", 7),   // a thread of the same process
+        ]
+        .into(),
+        now: 0,
+        cgroup_lookups: 0,
+    };
+    let order = run(&mut p, &mut host);
+    assert_eq!(
+        order,
+        vec![(3, 20_000), (5, 20_000), (2, 0), (1, 0), (4, 0)]
+    );
+}
+
+#[test]
+fn matching_is_cached_per_thread_identity() {
+    let mut p = StrategyPolicy::new(CONFIG).unwrap();
+    let mut host = Host {
+        queue: VecDeque::new(),
+        now: 0,
+        cgroup_lookups: 0,
+    };
+    for _ in 0..50 {
+        host.queue.push_back(task(3, 100, "nr-gnb", 7));
+        run(&mut p, &mut host);
+    }
+    assert_eq!(host.cgroup_lookups, 1);
+    assert_eq!(p.matches.len(), 1);
+}
+
+#[test]
+fn a_prioritised_hog_loses_priority_and_waiters_are_not_starved() {
+    let cfg = "max_burst_us = 1000\nmax_wait_ms = 50\n[[strategy]]\npriority = 1\ncomm = '^yes$'";
+    let mut p = StrategyPolicy::new(cfg).unwrap();
+    let mut host = Host {
+        queue: VecDeque::new(),
+        now: 0,
+        cgroup_lookups: 0,
+    };
+    // `yes` woke up: prioritised.
+    host.queue
+        .extend([task(1, 1, "yes", 1), task(2, 2, "other", 1)]);
+    assert_eq!(run(&mut p, &mut host)[0].0, 1);
+    // It ran 2 ms without sleeping: demoted below the other task.
+    let mut hog = task(1, 1, "yes", 1);
+    hog.flags = 0;
+    hog.stop_ts = 2_000_000;
+    host.queue.extend([hog, task(2, 2, "other", 1)]);
+    assert_eq!(run(&mut p, &mut host)[0].0, 2);
+    // Aging: a task waiting past max_wait_ms runs before a prioritised one.
+    host.queue.push_back(task(9, 9, "other", 1));
+    Sched::with(&mut host, |s| p.drain_queued_tasks(s));
+    host.now = 60_000_000;
+    host.queue.push_back(task(1, 1, "yes", 1));
+    let first = Sched::with(&mut host, |s| {
+        p.drain_queued_tasks(s);
+        p.select_queued_task(s).map(|t| t.pid)
+    });
+    assert_eq!(first, Some(9));
+}
+
+#[test]
+fn bad_tables_are_refused() {
+    for (cfg, want) in [
+        ("[[strategy]]\npriority = 1", "no selector"),
+        ("[[strategy]]\ncomm = '('", "bad comm regex"),
+        (
+            "[[strategy]]\ncomm = 'x'\nexecution_time_us = 0",
+            "positive",
+        ),
+        ("[[strategy]]\ncomm = 'x'\ncolour = 1", "unknown field"),
+    ] {
+        let e = StrategyPolicy::new(cfg).err().unwrap();
+        assert!(e.contains(want), "{cfg}: {e}");
+    }
+}

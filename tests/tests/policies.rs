@@ -1,0 +1,66 @@
+//! The properties that define each shipped policy, on the simulator.
+
+use rthulhu_tests::{group, repo, simulate, stderr};
+use serde_json::Value;
+
+fn run(plugin: &str, table: &str, workload: &str) -> Value {
+    let w = repo().join(format!("configs/workloads/{workload}.toml"));
+    let (out, r) = simulate(plugin, table, &w);
+    assert!(
+        out.status.success(),
+        "{plugin} on {workload}: {}",
+        stderr(&out)
+    );
+    assert_eq!(r["ejected"], false, "{plugin} on {workload}: {r}");
+    r
+}
+
+fn p99(r: &Value, g: &str) -> u64 {
+    group(r, g)["wakeup_p99_ns"].as_u64().unwrap()
+}
+
+fn share(r: &Value, g: &str) -> f64 {
+    group(r, g)["cpu_share"].as_f64().unwrap()
+}
+
+fn plugin_table(config: &str) -> String {
+    let text = std::fs::read_to_string(repo().join(config)).unwrap();
+    text.split_once("[plugin]")
+        .map(|(_, t)| t.to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn deadline_beats_simple_on_periodic_tasks_under_hogs() {
+    let simple = run("simple", "", "interactive");
+    let deadline = run(
+        "deadline",
+        &plugin_table("configs/deadline.toml"),
+        "interactive",
+    );
+    let (s, d) = (p99(&simple, "periodic"), p99(&deadline, "periodic"));
+    assert!(d < s, "deadline p99 {d} ns, simple {s} ns");
+    // And the hogs still get the rest of the machine.
+    assert!(share(&deadline, "hog") > 0.85, "{deadline}");
+}
+
+#[test]
+fn strategy_halves_the_targeted_latency_without_starving_anyone() {
+    // The seed config, with the pod's `yes` loop prioritised too: the guard
+    // must keep it from taking the machine.
+    let table = plugin_table("configs/strategy.toml")
+        .replace("^(nr-gnb|nr-ue|ping)$", "^(nr-gnb|nr-ue|ping|yes)$");
+    assert!(table.contains("yes"));
+    let simple = run("simple", "", "priority");
+    let strategy = run("strategy", &table, "priority");
+    let (s, t) = (p99(&simple, "nr-gnb"), p99(&strategy, "nr-gnb"));
+    assert!(t * 2 <= s, "strategy p99 {t} ns, simple {s} ns");
+    for g in strategy["groups"].as_array().unwrap() {
+        assert!(g["runs"].as_u64().unwrap() > 0, "starved: {g}");
+    }
+    // Fair share of one of the 5 CPU hogs is ~17% of the machine; Gthulhu's
+    // prioritised `yes` took 80% of its node.
+    assert!(share(&strategy, "yes") < 0.25, "{strategy}");
+    assert!(share(&strategy, "batch") > 0.5, "{strategy}");
+    assert!(share(&strategy, "api-server") > 0.12, "{strategy}");
+}
