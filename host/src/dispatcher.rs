@@ -18,6 +18,8 @@ pub trait Policy {
     /// The next decision ([`plugin_api::decide`]) and the pool count after
     /// it; `busy`: only a task worth preempting for is wanted.
     fn next(&mut self, s: &mut Sched<'_>, busy: bool) -> Result<Next, String>;
+    /// See [`CustomScheduler::reconfigure`].
+    fn reconfigure(&mut self, table: &str) -> Result<(), String>;
 }
 
 impl Policy for SchedulerBox {
@@ -26,6 +28,9 @@ impl Policy for SchedulerBox {
     }
     fn next(&mut self, s: &mut Sched<'_>, busy: bool) -> Result<Next, String> {
         self.next_decision(s, busy)
+    }
+    fn reconfigure(&mut self, table: &str) -> Result<(), String> {
+        SchedulerBox::reconfigure(self, table)
     }
 }
 
@@ -44,6 +49,9 @@ impl<T: CustomScheduler> Policy for Native<T> {
             decision,
             pool_count: self.0.pool_count(),
         })
+    }
+    fn reconfigure(&mut self, table: &str) -> Result<(), String> {
+        self.0.reconfigure(table)
     }
 }
 
@@ -105,6 +113,10 @@ pub enum LoopError {
     Kernel(#[from] KernelError),
 }
 
+/// Produces a fresh `[plugin]` table on SIGHUP, or `None` when the config
+/// could not be used (it reports why itself; the old settings stay).
+pub type Reloader = Box<dyn FnMut() -> Option<String>>;
+
 /// The host's scheduler: a policy driving a kernel backend.
 pub struct Dispatcher<P, K> {
     /// The policy.
@@ -115,6 +127,8 @@ pub struct Dispatcher<P, K> {
     pub slices: SliceOpts,
     /// Loop figures.
     pub stats: LoopStats,
+    /// Where a reload gets the new `[plugin]` table from.
+    pub reloader: Option<Reloader>,
 }
 
 impl<P: Policy, K: Kernel> Dispatcher<P, K> {
@@ -125,6 +139,7 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
             kernel,
             slices,
             stats: LoopStats::default(),
+            reloader: None,
         }
     }
 
@@ -133,6 +148,7 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
         loop {
             match self.kernel.wait()? {
                 Wake::Exit(info) => return Ok(info),
+                Wake::Reload => self.reload()?,
                 Wake::Work => {
                     let t0 = Instant::now();
                     self.schedule()?;
@@ -140,6 +156,23 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
                 }
             }
         }
+    }
+
+    /// Hands a re-read `[plugin]` table to the running policy, without
+    /// detaching. A table the plugin refuses leaves the old settings; a
+    /// plugin that panics doing so stops the loop like any plugin failure.
+    fn reload(&mut self) -> Result<(), LoopError> {
+        let Some(table) = self.reloader.as_mut().and_then(|r| r()) else {
+            return Ok(());
+        };
+        match self.policy.reconfigure(&table) {
+            Ok(()) => tracing::info!("reconfigured the plugin from the reloaded config"),
+            Err(e) if e.contains("panicked") => return Err(LoopError::Plugin(e)),
+            Err(e) => {
+                tracing::warn!("plugin refused the reloaded settings, keeping the old ones: {e}")
+            }
+        }
+        Ok(())
     }
 
     /// One round: hand every queued task to the policy and dispatch what it picks.

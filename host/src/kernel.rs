@@ -11,6 +11,8 @@ pub enum Wake {
     Work,
     /// The scheduler is gone (or the simulation ended); stop the loop.
     Exit(ExitInfo),
+    /// The operator asked to re-read the config (SIGHUP).
+    Reload,
 }
 
 /// How the scheduler ended, as the kernel's `exit` callback recorded it.

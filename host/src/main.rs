@@ -75,7 +75,7 @@ struct Cli {
     #[arg(long)]
     allow_untrusted_files: bool,
 
-    /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    /// More logging (-v debug, -vv trace; info by default); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
 }
@@ -99,9 +99,8 @@ fn main() -> ExitCode {
 
 fn init_logging(verbose: u8) {
     let level = match verbose {
-        0 => "warn",
-        1 => "info",
-        2 => "debug",
+        0 => "info",
+        1 => "debug",
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -205,6 +204,7 @@ fn attach(
             plugin.version()
         );
         let mut d = Dispatcher::new(scheduler, kernel, slices);
+        d.reloader = reloader(cli, config);
         let outcome = d.run();
         d.kernel.detach();
         let info = match outcome {
@@ -243,6 +243,32 @@ fn attach(
         );
         return Ok(ExitCode::SUCCESS);
     }
+}
+
+/// SIGHUP: re-read the config file and hand its `[plugin]` table over. A
+/// file that is now unusable keeps the old settings, with one line saying why.
+fn reloader(cli: &Cli, first: &Config) -> Option<rthulhu::dispatcher::Reloader> {
+    let path = cli.config.clone()?;
+    let allow_untrusted = cli.allow_untrusted_files;
+    let plugin = first.plugin.clone();
+    Some(Box::new(move || {
+        let loaded = match allow_untrusted {
+            true => Config::load(&path),
+            false => safety::check_trusted(&path).and_then(|()| Config::load(&path)),
+        };
+        match loaded {
+            Ok(c) => {
+                if c.plugin != plugin {
+                    tracing::warn!("{}: a different plugin takes a restart; only [plugin] settings are reloaded", path.display());
+                }
+                Some(c.plugin_table)
+            }
+            Err(e) => {
+                tracing::warn!("{e}; keeping the old settings");
+                None
+            }
+        }
+    }))
 }
 
 /// Keeps every page resident so that no page fault can stall the loop.

@@ -110,6 +110,27 @@ for p in "${plugins[@]}"; do
   wait_state disabled 100
 done
 
+# SIGHUP re-reads the config without detaching; a broken file keeps the old settings.
+log=$logs/reload.log
+cfg=$(config reload strategy "[[plugin.strategy]]
+comm = '^stress-ng'
+priority = 1")
+start_host "$log" --config "$cfg"
+wait_state enabled 200
+sed -i 's/priority = 1/priority = 2/' "$cfg"
+kill -HUP $host_pid
+sleep 1
+echo 'this is [not toml' >> "$cfg"
+kill -HUP $host_pid
+sleep 1
+if grep -aq "reconfigured the plugin" "$log" && grep -aq "keeping the old settings" "$log" && [ "$(state)" = enabled ]; then
+  ok "SIGHUP reconfigures in place; a broken config keeps the old settings"
+else
+  fail "SIGHUP reload" "state $(state): $(tail -4 "$log")"
+fi
+kill -INT $host_pid
+wait $host_pid
+
 # Runs a misbehaving plugin under load until the host gives up; sets $rc.
 # misbehave LOG CONFIG [HOST ARGS...]
 misbehave() {

@@ -80,15 +80,18 @@ const _: () = assert!(size_of::<SelectCpuArg>() == 16);
 
 /// Set by SIGINT/SIGTERM.
 static STOP: AtomicBool = AtomicBool::new(false);
+/// Set by SIGHUP.
+static RELOAD: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
+extern "C" fn on_signal(sig: libc::c_int) {
+    let flag = if sig == libc::SIGHUP { &RELOAD } else { &STOP };
+    flag.store(true, Ordering::Relaxed);
 }
 
-/// Routes SIGINT and SIGTERM to a flag the loop checks. No SA_RESTART, so a
-/// blocked poll returns at once.
+/// Routes SIGINT and SIGTERM (stop) and SIGHUP (reload the config) to flags
+/// the loop checks. No SA_RESTART, so a blocked poll returns at once.
 pub fn install_signal_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
@@ -258,6 +261,9 @@ impl Kernel for BpfKernel<'_> {
                     message: String::new(),
                 });
                 return Ok(Wake::Exit(info));
+            }
+            if RELOAD.swap(false, Ordering::Relaxed) {
+                return Ok(Wake::Reload);
             }
             {
                 let mut inbox = self.inbox.borrow_mut();

@@ -132,6 +132,15 @@ impl CustomScheduler for Simple {
             Pool::Fifo(q) => q.len() as u64,
         }
     }
+
+    fn reconfigure(&mut self, config: &str) -> Result<(), String> {
+        let fresh = Simple::new(config)?;
+        if std::mem::discriminant(&fresh.pool) != std::mem::discriminant(&self.pool) {
+            return Err("mode cannot change at run time; restart the host".into());
+        }
+        self.slice_ns = fresh.slice_ns;
+        Ok(())
+    }
 }
 
 plugin_api::export_plugin!(Simple);
@@ -193,6 +202,16 @@ mod tests {
         // Same runtime: the heavier task is charged less and goes first.
         let tasks = vec![task(1, 0, 1_000_000, 100), task(2, 0, 1_000_000, 1000)];
         assert_eq!(order("", tasks), vec![2, 1]);
+    }
+
+    #[test]
+    fn reconfigures_the_slice_but_not_the_mode() {
+        let mut s = Simple::new("slice_us = 100").unwrap();
+        assert!(s.reconfigure("slice_us = 200").is_ok());
+        assert_eq!(s.slice_ns, 200_000);
+        assert!(s.reconfigure("mode = \"fifo\"").is_err());
+        assert!(s.reconfigure("slice_us = \"x\"").is_err());
+        assert_eq!(s.slice_ns, 200_000);
     }
 
     #[test]
