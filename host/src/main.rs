@@ -34,6 +34,11 @@ struct Cli {
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 
+    /// Check a config file and its plugin (load, ABI, settings) without
+    /// attaching anything, then exit: 0 if usable, 2 if not.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["config", "simulate"])]
+    check_config: Option<PathBuf>,
+
     /// Run against the kernel simulator on this workload instead of the real kernel.
     #[arg(long, value_name = "WORKLOAD.toml")]
     simulate: Option<PathBuf>,
@@ -105,13 +110,19 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
+fn run(mut cli: Cli) -> Result<ExitCode> {
+    let checking = cli.check_config.take();
+    if checking.is_some() {
+        cli.config = checking.clone();
+    }
     // Every input is read and checked before anything starts.
     let trusted = |path: &std::path::Path| match cli.allow_untrusted_files {
         true => Ok(()),
@@ -140,7 +151,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         trusted(&plugin_path)?;
     }
     let plugin = Plugin::load(&plugin_path)?;
-    tracing::info!(name = plugin.name(), version = plugin.version(), path = %plugin_path.display(), "plugin loaded");
+    tracing::debug!(name = plugin.name(), version = plugin.version(), path = %plugin_path.display(), "plugin loaded");
     let scheduler = plugin.construct(&config.plugin_table).map_err(|msg| {
         let at = cli.config.as_deref().unwrap_or(&plugin_path);
         InputError::new(
@@ -149,6 +160,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
         )
     })?;
 
+    if let Some(path) = checking {
+        println!(
+            "{}: ok (plugin {} {} from {})",
+            path.display(),
+            plugin.name(),
+            plugin.version(),
+            plugin_path.display()
+        );
+        drop(scheduler);
+        return Ok(ExitCode::SUCCESS);
+    }
     let Some(workload) = workload else {
         return attach(&cli, &plugin, &config, scheduler, slices);
     };

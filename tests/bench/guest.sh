@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-only
+# Runs inside the VM (see tests/bench/real-kernel): every scheduler in turn,
+# the same workloads under each, REPS times. Prints "RESULT sched metric value"
+# lines for the host side to summarise.
+# Usage: guest.sh BIN_DIR PEERS_DIR REPS SCHEDULER...
+set -u
+bin=$1 peers=$2 reps=$3
+shift 3
+scx=/sys/kernel/sched_ext
+work=$(mktemp -d)
+cd "$work" || exit 1
+repo=$(cd "$bin/../.." && pwd)
+
+printf '[scheduler]\nplugin = "%s"\n[plugin]\n[[plugin.strategy]]\nname = "cyclictest"\npriority = 10\ncomm = "^cyclictest$"\n' \
+  "$bin/libstrategy.so" > "$work/strategy-cyclictest.toml"
+
+wait_state() {
+  for _ in $(seq 200); do
+    [ "$(cat $scx/state)" = "$1" ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+start() {
+  case $1 in
+  eevdf) sched_pid= ; return 0 ;;
+  scx_*) "$peers/$1" > "$work/$1.log" 2>&1 & ;;
+  rthulhu-strategy) "$bin/host" --config "$work/strategy-cyclictest.toml" > "$work/$1.log" 2>&1 & ;;
+  rthulhu-*) "$bin/host" --config "$repo/configs/${1#rthulhu-}.toml" > "$work/$1.log" 2>&1 & ;;
+  esac
+  sched_pid=$!
+  wait_state enabled || { echo "bench: $1 did not attach: $(tail -3 "$work/$1.log")" >&2; return 1; }
+}
+
+stop() {
+  [ -n "$sched_pid" ] || return 0
+  kill -INT "$sched_pid"
+  wait "$sched_pid"
+  wait_state disabled || echo "bench: $1 did not detach" >&2
+}
+
+for s in "$@"; do
+  echo "bench: $s" >&2
+  start "$s" || { echo "RESULT $s failed 1"; continue; }
+  for r in $(seq "$reps"); do
+    t=$(hackbench -g 4 -l 400 2>&1 | sed -n 's/^Time: //p')
+    echo "RESULT $s hackbench_s ${t:-nan}"
+    stress-ng --cpu 2 -t 14 > /dev/null 2>&1 &
+    hog=$!
+    out=$(cyclictest -m -t2 -D 10 -q 2>&1)
+    wait $hog
+    avg=$(echo "$out" | sed -n 's/.*Avg: *\([0-9]*\).*/\1/p' | awk '{s+=$1; n++} END {if (n) printf "%.1f", s/n; else print "nan"}')
+    max=$(echo "$out" | sed -n 's/.*Max: *\([0-9]*\).*/\1/p' | sort -n | tail -1)
+    echo "RESULT $s cyclictest_avg_us $avg"
+    echo "RESULT $s cyclictest_max_us ${max:-nan}"
+    ops=$(stress-ng --cpu 2 -t 5 --metrics-brief 2>&1 | awk '$4 == "cpu" {print $9}')
+    echo "RESULT $s stressng_bogo_ops_s ${ops:-nan}"
+  done
+  if [ -n "$sched_pid" ] && ! kill -0 "$sched_pid" 2>/dev/null; then
+    echo "RESULT $s ejected 1"
+    echo "bench: $s exited early: $(tail -3 "$work/$s.log")" >&2
+  fi
+  stop "$s"
+done

@@ -1,0 +1,55 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Turns the RESULT lines of tests/bench/guest.sh into docs/BENCHMARKS.md."""
+import statistics
+import sys
+from collections import defaultdict
+
+raw, kver, reps = sys.argv[1], sys.argv[2], sys.argv[3]
+data = defaultdict(lambda: defaultdict(list))
+order = []
+for line in open(raw, encoding="utf-8", errors="replace"):
+    parts = line.split()
+    if len(parts) != 4 or parts[0] != "RESULT":
+        continue
+    _, sched, metric, value = parts
+    if sched not in order:
+        order.append(sched)
+    try:
+        data[sched][metric].append(float(value))
+    except ValueError:
+        pass
+
+def med(s, m):
+    v = [x for x in data[s][m] if x == x]
+    return statistics.median(v) if v else None
+
+metrics = [
+    ("hackbench_s", "hackbench -g 4 -l 400 (s, lower is better)"),
+    ("cyclictest_avg_us", "cyclictest avg wake-up latency beside a CPU hog (µs, lower is better)"),
+    ("cyclictest_max_us", "cyclictest max wake-up latency beside a CPU hog (µs, lower is better)"),
+    ("stressng_bogo_ops_s", "stress-ng --cpu 2 bogo-ops/s (higher is better)"),
+]
+
+def fmt(x):
+    return "—" if x is None else (f"{x:.2f}" if x < 100 else f"{x:.0f}")
+
+def ratio(a, b):
+    return "—" if a is None or b in (None, 0) else f"{a / b:.2f}"
+
+print("# Real-kernel benchmarks\n")
+print(f"Kernel: Debian `{kver}` under QEMU (TCG, 2 vCPUs, one boot for the whole table), ")
+print(f"median of {reps} repetitions. Reproduce with `tests/bench/real-kernel` (`REPS=n` to change).\n")
+print("TCG emulates the CPUs in software, so absolute figures are far from bare metal;")
+print("the ratios, measured side by side in one boot, are what to read.\n")
+for m, title in metrics:
+    print(f"## {title}\n")
+    print("| scheduler | median | vs EEVDF | vs scx_rustland |")
+    print("| --- | --- | --- | --- |")
+    base, peer = med("eevdf", m), med("scx_rustland", m)
+    for s in order:
+        v = med(s, m)
+        print(f"| {s} | {fmt(v)} | {ratio(v, base)} | {ratio(v, peer)} |")
+    print()
+bad = [s for s in order if data[s].get("ejected") or data[s].get("failed")]
+if bad:
+    print("Schedulers that failed to attach or exited during the run: " + ", ".join(bad) + "\n")
