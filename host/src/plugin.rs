@@ -22,6 +22,15 @@ impl Plugin {
             return Err(InputError::new(path, "plugin file not found"));
         }
         let header = lib_header_from_path(path).map_err(|e| InputError::new(path, describe(&e)))?;
+        // Name the two versions when they differ: clearer than a layout diff.
+        let theirs = header.version_strings().version;
+        let ours = env!("CARGO_PKG_VERSION");
+        if !compatible(theirs.as_str(), ours) {
+            return Err(InputError::new(
+                path,
+                format!("plugin built against an incompatible plugin-api version {theirs}; this host has {ours}: rebuild the plugin against it"),
+            ));
+        }
         let module = header
             .init_root_module::<PluginModRef>()
             .map_err(|e| InputError::new(path, describe(&e)))?;
@@ -46,6 +55,22 @@ impl Plugin {
         (self.module.new())(config.into())
             .into_result()
             .map_err(|e| e.into_string())
+    }
+}
+
+/// Semver compatibility as abi_stable applies it: same major, and for 0.x the
+/// same minor.
+fn compatible(theirs: &str, ours: &str) -> bool {
+    let parts = |v: &str| -> Vec<u64> {
+        v.split('.')
+            .take(2)
+            .map(|p| p.parse().unwrap_or(u64::MAX))
+            .collect()
+    };
+    let (t, o) = (parts(theirs), parts(ours));
+    match (t.first(), o.first()) {
+        (Some(0), Some(0)) => t.get(1) == o.get(1),
+        (a, b) => a == b,
     }
 }
 
@@ -81,4 +106,15 @@ fn first_line(e: &LibraryError) -> String {
         .unwrap_or("")
         .trim()
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn versions_are_compatible_as_semver_says() {
+        assert!(super::compatible("0.1.0", "0.1.7"));
+        assert!(!super::compatible("0.2.0", "0.1.0"));
+        assert!(super::compatible("1.2.0", "1.0.0"));
+        assert!(!super::compatible("2.0.0", "1.0.0"));
+    }
 }
