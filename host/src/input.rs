@@ -33,7 +33,12 @@ pub fn read_text(path: &Path) -> Result<String, InputError> {
 /// Formats a TOML parse error as `line L, column C: message`.
 pub fn toml_error(path: &Path, text: &str, err: &toml::de::Error) -> InputError {
     let place = err.span().map(|span| {
-        let before = &text[..span.start.min(text.len())];
+        // Byte offsets: back off to a character boundary before slicing.
+        let mut at = span.start.min(text.len());
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        let before = &text[..at];
         let line = before.matches('\n').count() + 1;
         let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
         format!("line {line}, column {col}: ")

@@ -146,8 +146,10 @@ impl Workload {
         if self.duration_ms == 0 || self.duration_ms > 3_600_000 {
             return Err("duration_ms must be within 1..=3600000".into());
         }
-        if self.timeout_ms == 0 || self.ring_size == 0 {
-            return Err("timeout_ms and ring_size must be positive".into());
+        if !(1..=3_600_000).contains(&self.timeout_ms) || !(1..=1 << 20).contains(&self.ring_size) {
+            return Err(
+                "timeout_ms must be within 1..=3600000 and ring_size within 1..=1048576".into(),
+            );
         }
         if self.groups.is_empty() {
             return Err("no [[group]] declared".into());
@@ -170,6 +172,19 @@ impl Workload {
             }
             if matches!(g.weight, Some(w) if !(1..=10000).contains(&w)) {
                 return Err(at("weight must be within 1..=10000"));
+            }
+            // Every length is kept within an hour, so no product overflows.
+            const HOUR_US: u64 = 3_600_000_000;
+            let too_long = match g.behaviour {
+                Behaviour::CpuBound {} => false,
+                Behaviour::Periodic { period_us, .. } => period_us > HOUR_US,
+                Behaviour::PingPong { runtime_us } => runtime_us > HOUR_US,
+                Behaviour::Bursty {
+                    run_us, sleep_us, ..
+                } => run_us > HOUR_US || sleep_us > HOUR_US,
+            };
+            if too_long {
+                return Err(at("lengths must be at most one hour"));
             }
             match g.behaviour {
                 Behaviour::CpuBound {} => {}
