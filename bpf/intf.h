@@ -57,6 +57,7 @@ struct rthulhu_select_cpu {
 	int pad;
 };
 
+#define RTHULHU_EXIT_DUMP_LEN 16384
 #define RTHULHU_EXIT_REASON_LEN 128
 #define RTHULHU_EXIT_MSG_LEN 1024
 

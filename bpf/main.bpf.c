@@ -78,6 +78,8 @@ volatile u64 nr_user_dispatches, nr_kernel_dispatches, nr_bounce_dispatches;
 volatile u64 nr_failed_dispatches, nr_sched_congested, nr_shared_queued;
 
 struct rthulhu_exit exit_info;
+/* The kernel's debug dump at exit (ops.exit_dump_len bytes, set by the host). */
+char exit_dump[RTHULHU_EXIT_DUMP_LEN];
 
 /* --- maps ------------------------------------------------------------------ */
 
@@ -379,6 +381,8 @@ int rthulhu_exit(unsigned long long *ctx)
 	exit_info.code = ei->exit_code;
 	bpf_probe_read_kernel_str(exit_info.reason, sizeof(exit_info.reason), ei->reason);
 	bpf_probe_read_kernel_str(exit_info.msg, sizeof(exit_info.msg), ei->msg);
+	if (ei->dump)
+		bpf_probe_read_kernel_str(exit_dump, sizeof(exit_dump), ei->dump);
 	/* Written last: the host treats a non-zero kind as "the rest is valid". */
 	exit_info.kind = ei->kind;
 	wake_host();

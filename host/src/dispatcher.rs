@@ -20,6 +20,8 @@ pub trait Policy {
     fn next(&mut self, s: &mut Sched<'_>, busy: bool) -> Result<Next, String>;
     /// See [`CustomScheduler::reconfigure`].
     fn reconfigure(&mut self, table: &str) -> Result<(), String>;
+    /// See [`CustomScheduler::counters`].
+    fn named_counters(&mut self) -> Result<Vec<(String, u64)>, String>;
 }
 
 impl Policy for SchedulerBox {
@@ -31,6 +33,9 @@ impl Policy for SchedulerBox {
     }
     fn reconfigure(&mut self, table: &str) -> Result<(), String> {
         SchedulerBox::reconfigure(self, table)
+    }
+    fn named_counters(&mut self) -> Result<Vec<(String, u64)>, String> {
+        self.counters()
     }
 }
 
@@ -52,6 +57,9 @@ impl<T: CustomScheduler> Policy for Native<T> {
     }
     fn reconfigure(&mut self, table: &str) -> Result<(), String> {
         self.0.reconfigure(table)
+    }
+    fn named_counters(&mut self) -> Result<Vec<(String, u64)>, String> {
+        Ok(self.0.counters())
     }
 }
 
@@ -117,6 +125,24 @@ pub enum LoopError {
 /// could not be used (it reports why itself; the old settings stay).
 pub type Reloader = Box<dyn FnMut() -> Option<String>>;
 
+/// What the loop reports about once a second to whoever watches it.
+pub struct Tick<'a> {
+    /// The loop's figures so far.
+    pub stats: &'a LoopStats,
+    /// The kernel side's counters.
+    pub counters: Counters,
+    /// Tasks the plugin holds.
+    pub pending: u64,
+    /// Counters the plugin publishes.
+    pub plugin_counters: Vec<(String, u64)>,
+}
+
+/// Receives [`Tick`]s.
+pub type Observer = Box<dyn FnMut(Tick<'_>)>;
+
+/// How often the observer hears from the loop.
+const TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The host's scheduler: a policy driving a kernel backend.
 pub struct Dispatcher<P, K> {
     /// The policy.
@@ -129,6 +155,10 @@ pub struct Dispatcher<P, K> {
     pub stats: LoopStats,
     /// Where a reload gets the new `[plugin]` table from.
     pub reloader: Option<Reloader>,
+    /// Who hears the loop's figures (the stats endpoint).
+    pub observer: Option<Observer>,
+    pending: u64,
+    last_tick: Option<Instant>,
 }
 
 impl<P: Policy, K: Kernel> Dispatcher<P, K> {
@@ -140,6 +170,9 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
             slices,
             stats: LoopStats::default(),
             reloader: None,
+            observer: None,
+            pending: 0,
+            last_tick: None,
         }
     }
 
@@ -153,9 +186,26 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
                     let t0 = Instant::now();
                     self.schedule()?;
                     self.stats.busy += t0.elapsed();
+                    if self.observer.is_some() && self.last_tick.is_none_or(|t| t0 - t >= TICK) {
+                        self.last_tick = Some(t0);
+                        self.tick()?;
+                    }
                 }
             }
         }
+    }
+
+    fn tick(&mut self) -> Result<(), LoopError> {
+        let plugin_counters = self.policy.named_counters().map_err(LoopError::Plugin)?;
+        if let Some(observe) = self.observer.as_mut() {
+            observe(Tick {
+                stats: &self.stats,
+                counters: self.kernel.counters(),
+                pending: self.pending,
+                plugin_counters,
+            });
+        }
+        Ok(())
     }
 
     /// Hands a re-read `[plugin]` table to the running policy, without
@@ -217,6 +267,7 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
             self.stats.decisions += 1;
         }
         host.0.set_scheduled(pending);
+        self.pending = pending;
         Ok(())
     }
 }

@@ -26,6 +26,9 @@ pub struct ExitInfo {
     pub reason: String,
     /// Details, e.g. which task stalled.
     pub message: String,
+    /// The kernel's debug dump (tasks, queues) when it ejected the scheduler.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub dump: String,
 }
 
 /// Kinds of scheduler exit (values of the kernel's `enum scx_exit_kind`).

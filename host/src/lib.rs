@@ -9,3 +9,4 @@ pub mod kernel;
 pub mod plugin;
 pub mod safety;
 pub mod sim;
+pub mod stats;

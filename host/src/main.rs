@@ -14,6 +14,7 @@ use rthulhu::{
     plugin::Plugin,
     safety,
     sim::{self, workload::Workload},
+    stats,
 };
 
 /// Rthulhu: a CPU scheduler in user space on sched_ext, with the policy in a plugin.
@@ -60,6 +61,19 @@ struct Cli {
     /// 1 or more trades some of that for throughput.
     #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=64))]
     queue_ahead: u64,
+
+    /// Root-only Unix socket serving the scheduler's figures as JSON.
+    #[arg(long, value_name = "PATH", default_value = stats::DEFAULT_SOCKET)]
+    stats_socket: PathBuf,
+
+    /// Also serve Prometheus text metrics on this loopback address (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+
+    /// Print one live line per interval (--stats SECS, default 1) from the
+    /// scheduler already running on this machine, read from --stats-socket.
+    #[arg(long, conflicts_with_all = ["plugin", "config", "simulate", "check_config"])]
+    monitor: bool,
 
     /// Print one line of kernel-side counters every SECS seconds (real kernel only).
     #[arg(long, value_name = "SECS")]
@@ -119,6 +133,18 @@ fn init_logging(verbose: u8) {
 }
 
 fn run(mut cli: Cli) -> Result<ExitCode> {
+    if cli.monitor {
+        return monitor(&cli);
+    }
+    if let Some(addr) = cli.metrics_addr {
+        if !addr.ip().is_loopback() {
+            return Err(InputError::new(
+                "(command line)".as_ref(),
+                format!("--metrics-addr {addr} is not a loopback address"),
+            )
+            .into());
+        }
+    }
     let checking = cli.check_config.take();
     if checking.is_some() {
         cli.config = checking.clone();
@@ -207,6 +233,19 @@ fn attach(
 ) -> Result<ExitCode> {
     bpf::preflight::check()?;
     bpf::install_signal_handlers();
+    let shared = stats::Shared::default();
+    {
+        let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+        s.plugin = plugin.name().to_string();
+        s.plugin_version = plugin.version().to_string();
+    }
+    let _endpoint = match stats::serve(&cli.stats_socket, cli.metrics_addr, shared.clone()) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            tracing::warn!("no stats endpoint at {}: {e}", cli.stats_socket.display());
+            None
+        }
+    };
     let opts = BpfOptions {
         slice_ns: slices.default_ns,
         timeout_ms: cli.timeout_ms,
@@ -227,6 +266,7 @@ fn attach(
         );
         let mut d = Dispatcher::new(scheduler, kernel, slices);
         d.reloader = reloader(cli, config);
+        d.observer = Some(observer(shared.clone()));
         let outcome = d.run();
         d.kernel.detach();
         let info = match outcome {
@@ -252,6 +292,9 @@ fn attach(
                 "host: ejected by the kernel ({:?}): {}: {}",
                 info.kind, info.reason, info.message
             );
+            if !info.dump.is_empty() {
+                eprintln!("host: the kernel's debug dump:\n{}", info.dump.trim_end());
+            }
             return Ok(ExitCode::from(1));
         }
         let how = if info.kind == ExitKind::Unregistered {
@@ -264,6 +307,43 @@ fn attach(
             info.reason, d.stats.decisions
         );
         return Ok(ExitCode::SUCCESS);
+    }
+}
+
+/// Keeps the stats endpoint's snapshot current from the loop's ticks.
+fn observer(shared: stats::Shared) -> rthulhu::dispatcher::Observer {
+    let start = std::time::Instant::now();
+    let mut last = (start, 0u64, std::time::Duration::ZERO);
+    Box::new(move |t| {
+        let now = std::time::Instant::now();
+        let wall = (now - last.0).as_secs_f64().max(1e-9);
+        let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+        s.uptime_s = (now - start).as_secs_f64();
+        s.kernel = t.counters.into();
+        s.host = stats::HostFigures {
+            rounds: t.stats.rounds,
+            decisions: t.stats.decisions,
+            decisions_per_sec: (t.stats.decisions - last.1) as f64 / wall,
+            pending: t.pending,
+            busy_share: (t.stats.busy - last.2).as_secs_f64() / wall,
+        };
+        s.plugin_counters = t.plugin_counters.into_iter().collect();
+        last = (now, t.stats.decisions, t.stats.busy);
+    })
+}
+
+/// `--monitor`: one line per interval from a running scheduler.
+fn monitor(cli: &Cli) -> Result<ExitCode> {
+    let every = std::time::Duration::from_secs_f64(cli.stats.unwrap_or(1.0).max(0.1));
+    loop {
+        let s = stats::read(&cli.stats_socket).with_context(|| {
+            format!(
+                "no running scheduler answers at {}",
+                cli.stats_socket.display()
+            )
+        })?;
+        println!("{}", stats::line(&s));
+        std::thread::sleep(every);
     }
 }
 

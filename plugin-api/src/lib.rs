@@ -20,7 +20,9 @@ pub use abi_stable;
 
 pub use module::{make_module, PluginMod, PluginModRef};
 pub use sched::{HostCtx, HostServices, Sched};
-pub use scheduler::{decide, CustomScheduler, Decision, ErasedScheduler, Next, SchedulerBox};
+pub use scheduler::{
+    decide, CustomScheduler, Decision, ErasedScheduler, NamedCounter, Next, SchedulerBox,
+};
 pub use task::{
     Counters, CpuTarget, DispatchedTask, QueuedTask, COMM_LEN, ENQ_WAKEUP, WEIGHT_NICE_0,
 };

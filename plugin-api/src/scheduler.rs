@@ -7,7 +7,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use abi_stable::{
     prefix_type::WithMetadata,
-    std_types::{ROption, RResult, RStr, RString},
+    std_types::{ROption, RResult, RStr, RString, RVec},
     StableAbi,
 };
 
@@ -91,6 +91,12 @@ pub trait CustomScheduler: Send + Sized + 'static {
 
     /// How many tasks the plugin holds.
     fn pool_count(&self) -> u64;
+
+    /// Named counters the plugin publishes (served by the host's stats
+    /// endpoint next to its own figures). Called about once a second.
+    fn counters(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
 
     /// Applies a new `[plugin]` table at run time. The default refuses, and
     /// the host keeps the current settings.
@@ -185,6 +191,19 @@ pub struct SchedulerVTable {
     reconfigure: unsafe extern "C" fn(*mut ErasedScheduler, RStr<'_>) -> Call<()>,
     #[sabi(last_prefix_field)]
     drop: unsafe extern "C" fn(*mut ErasedScheduler),
+    // Added after the first layout: a host may meet a plugin without it.
+    #[sabi(missing_field(option))]
+    counters: unsafe extern "C" fn(*mut ErasedScheduler) -> Call<RVec<NamedCounter>>,
+}
+
+/// A counter a plugin publishes ([`CustomScheduler::counters`]).
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq, Eq)]
+pub struct NamedCounter {
+    /// Its name, e.g. `"preemptions"`.
+    pub name: RString,
+    /// Its value.
+    pub value: u64,
 }
 
 /// A plugin's scheduler as the host holds it: owned, FFI-safe, and with every
@@ -236,6 +255,18 @@ impl SchedulerBox {
     pub fn pool_count(&mut self) -> Result<u64, String> {
         // SAFETY: as above.
         plain(unsafe { (self.vtable.pool_count())(self.this) })
+    }
+
+    /// See [`CustomScheduler::counters`]; empty for a plugin that predates them.
+    pub fn counters(&mut self) -> Result<Vec<(String, u64)>, String> {
+        let Some(f) = self.vtable.counters() else {
+            return Ok(Vec::new());
+        };
+        // SAFETY: as above.
+        let v = plain(unsafe { f(self.this) })?;
+        Ok(v.into_iter()
+            .map(|c| (c.name.into_string(), c.value))
+            .collect())
     }
 
     /// See [`CustomScheduler::reconfigure`].
@@ -308,6 +339,7 @@ impl<T: CustomScheduler> VTableFor<T> {
         pool_count: pool_count::<T>,
         reconfigure: reconfigure::<T>,
         drop: drop_box::<T>,
+        counters: counters::<T>,
     });
     const REF: SchedulerVTableRef = SchedulerVTableRef(Self::WM.static_as_prefix());
 }
@@ -352,6 +384,19 @@ unsafe extern "C" fn reconfigure<T: CustomScheduler>(
         RResult::ROk(Err(e)) => RResult::RErr(e.into()),
         RResult::RErr(e) => RResult::RErr(e),
     }
+}
+unsafe extern "C" fn counters<T: CustomScheduler>(
+    this: *mut ErasedScheduler,
+) -> Call<RVec<NamedCounter>> {
+    guarded::<T, _>(this, &Cell::new("counters"), |p| {
+        p.counters()
+            .into_iter()
+            .map(|(name, value)| NamedCounter {
+                name: name.into(),
+                value,
+            })
+            .collect()
+    })
 }
 unsafe extern "C" fn drop_box<T: CustomScheduler>(this: *mut ErasedScheduler) {
     // A panicking Drop must not unwind into the host either; leaking is the lesser harm.

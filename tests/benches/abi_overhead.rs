@@ -47,6 +47,7 @@ impl Kernel for NullKernel {
             code: 0,
             reason: String::new(),
             message: String::new(),
+            dump: String::new(),
         };
         Ok(Wake::Exit(done))
     }

@@ -9,6 +9,7 @@ shift
 plugins=("$@")
 scx=/sys/kernel/sched_ext
 work=$(mktemp -d)
+repo=$(cd "$(dirname "$0")/../.." && pwd)
 # Logs go to the harness's output share when there is one, so a failure can
 # be read on the host afterwards.
 logs=${RTHULHU_VM_OUT:-$work}
@@ -110,6 +111,23 @@ for p in "${plugins[@]}"; do
   wait_state disabled 100
 done
 
+# Observability: the JSON socket (root only), --monitor, Prometheus on loopback.
+ip link set lo up 2>/dev/null || busybox ifconfig lo 127.0.0.1 up 2>/dev/null
+log=$logs/stats.log
+start_host "$log" --config "$repo/configs/deadline.toml" --metrics-addr 127.0.0.1:9464
+wait_state enabled 200
+sleep 2
+mode=$(stat -c %a /run/rthulhu/stats.sock 2>/dev/null)
+mon=$(timeout 3 "$bin/host" --monitor --stats 0.5 2>&1)
+metrics=$(exec 3<>/dev/tcp/127.0.0.1/9464 && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 && cat <&3)
+if [ "$mode" = 600 ] && echo "$mon" | grep -aq "deadline up .* decisions/s.*preemptions" && echo "$metrics" | grep -aq "^rthulhu_user_dispatches_total [0-9]"; then
+  ok "stats: socket mode 600, --monitor lines, Prometheus text"
+else
+  fail "stats" "mode '$mode', monitor: $(echo "$mon" | tail -1), metrics: $(echo "$metrics" | head -3)"
+fi
+kill -INT $host_pid
+wait $host_pid
+
 # SIGHUP re-reads the config without detaching; a broken file keeps the old settings.
 log=$logs/reload.log
 cfg=$(config reload strategy "[[plugin.strategy]]
@@ -150,7 +168,7 @@ misbehave() {
 # the guest stays usable.
 log=$logs/hoarder.log
 misbehave "$log" "$(config hoard hoarder 'after_calls = 200')" --timeout-ms 2000
-if [ $rc -ne 0 ] && grep -aq "runnable task stall" "$log" && wait_state disabled 50 && echo usable > "$work/after"; then
+if [ $rc -ne 0 ] && grep -aq "runnable task stall" "$log" && grep -aq "debug dump" "$log" && wait_state disabled 50 && echo usable > "$work/after"; then
   ok "stalling plugin is ejected by the watchdog (exit $rc: $(grep -ao 'ejected.*' "$log" | head -c 120))"
 else
   fail "stalling plugin" "rc $rc, state $(state): $(tail -3 "$log")"

@@ -32,6 +32,9 @@ use skel::{MainSkel, MainSkelBuilder};
 /// Exit code bit asking user space to restart the scheduler (`SCX_ECODE_ACT_RESTART`).
 pub const ECODE_RESTART: i64 = 1 << 48;
 
+/// Size of the kernel's exit dump we keep (`RTHULHU_EXIT_DUMP_LEN` in intf.h).
+const DUMP_LEN: u32 = 16384;
+
 /// How long the loop sleeps on the ring at most before it looks at signals
 /// and the exit record again.
 const POLL: Duration = Duration::from_millis(100);
@@ -140,7 +143,10 @@ impl<'obj> BpfKernel<'obj> {
         ro.slice_ns = opts.slice_ns;
         ro.heartbeat_ns = opts.heartbeat_ns;
         ro.builtin_idle = opts.builtin_idle;
-        open.struct_ops.rthulhu_ops_mut().timeout_ms = opts.timeout_ms;
+        let ops = open.struct_ops.rthulhu_ops_mut();
+        ops.timeout_ms = opts.timeout_ms;
+        // The kernel writes its debug dump (tasks, queues) for ops.exit.
+        ops.exit_dump_len = DUMP_LEN;
         let skel = open.load().map_err(err("loading the BPF program"))?;
 
         let inbox = Rc::new(RefCell::new(Inbox::default()));
@@ -213,6 +219,7 @@ impl<'obj> BpfKernel<'obj> {
             code: bss.exit_info.code,
             reason: text(&bss.exit_info.reason),
             message: text(&bss.exit_info.msg),
+            dump: text(&bss.exit_dump),
         })
     }
 
@@ -259,6 +266,7 @@ impl Kernel for BpfKernel<'_> {
                     code: 0,
                     reason: "stopped by signal".into(),
                     message: String::new(),
+                    dump: String::new(),
                 });
                 return Ok(Wake::Exit(info));
             }
@@ -278,6 +286,11 @@ impl Kernel for BpfKernel<'_> {
                     "polling the queued ring: errno {}",
                     -rc
                 )));
+            }
+            if rc == 0 {
+                // A quiet spell: one round anyway, so the plugin and the
+                // stats hear from us even on an idle machine.
+                return Ok(Wake::Work);
             }
         }
     }

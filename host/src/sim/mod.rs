@@ -447,6 +447,7 @@ impl Simulator {
                     (now - t.runnable_since) / 1_000_000,
                     self.timeout / 1_000_000
                 ),
+                dump: String::new(),
             });
         }
     }
@@ -465,6 +466,7 @@ impl Simulator {
             code: 0,
             reason: "simulation finished".into(),
             message: String::new(),
+            dump: String::new(),
         });
     }
 }

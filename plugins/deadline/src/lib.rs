@@ -65,6 +65,7 @@ pub struct Deadline {
     vtime_now: u64,
     arrivals: u64,
     rounds: u64,
+    preemptions: u64,
 }
 
 /// Forget tasks not seen for this many drain rounds.
@@ -132,6 +133,7 @@ impl CustomScheduler for Deadline {
             vtime_now: 0,
             arrivals: 0,
             rounds: 0,
+            preemptions: 0,
         })
     }
 
@@ -156,7 +158,11 @@ impl CustomScheduler for Deadline {
         let st = self.tasks.get(&t.pid)?;
         // Only short-burst tasks that just woke are worth a preemption.
         let urgent = limit > 0 && t.flags & ENQ_WAKEUP != 0 && st.avg_burst <= limit;
-        urgent.then(|| self.take(key))
+        if !urgent {
+            return None;
+        }
+        self.preemptions += 1;
+        Some(self.take(key))
     }
 
     fn select_cpu(&mut self, sched: &mut Sched<'_>, task: &QueuedTask) -> CpuTarget {
@@ -174,6 +180,13 @@ impl CustomScheduler for Deadline {
 
     fn pool_count(&self) -> u64 {
         self.pool.len() as u64
+    }
+
+    fn counters(&self) -> Vec<(String, u64)> {
+        vec![
+            ("preemptions".into(), self.preemptions),
+            ("tracked_tasks".into(), self.tasks.len() as u64),
+        ]
     }
 
     fn reconfigure(&mut self, config: &str) -> Result<(), String> {

@@ -79,6 +79,10 @@ pub struct StrategyPolicy {
     rounds: u64,
     /// Slice of the task most recently taken from the pool.
     last_slice: u64,
+    /// Published counters: matched arrivals, demotions by the guard, aged picks.
+    matched: u64,
+    demoted: u64,
+    aged: u64,
 }
 
 /// Kernel queue order: each level sits this far ahead in virtual time.
@@ -183,6 +187,9 @@ impl CustomScheduler for StrategyPolicy {
             seq: 0,
             rounds: 0,
             last_slice: 0,
+            matched: 0,
+            demoted: 0,
+            aged: 0,
         })
     }
 
@@ -217,6 +224,8 @@ impl CustomScheduler for StrategyPolicy {
                 Some(s) if st.burst <= max_burst => s.priority,
                 _ => 0,
             };
+            self.matched += u64::from(s.is_some());
+            self.demoted += u64::from(s.is_some_and(|s| s.priority > 0) && level == 0);
             let slice_ns = s.and_then(|s| s.slice_ns).unwrap_or(0);
             self.seq += 1;
             let key = (u32::MAX - level, st.vruntime, self.seq);
@@ -237,11 +246,9 @@ impl CustomScheduler for StrategyPolicy {
         let (_, &oldest) = self.arrivals.first_key_value()?;
         let overdue =
             sched.now_ns().saturating_sub(self.pool[&oldest].since) > self.cfg.max_wait_ns;
-        let key = if overdue {
-            oldest
-        } else {
-            *self.pool.first_key_value()?.0
-        };
+        let first = *self.pool.first_key_value()?.0;
+        let key = if overdue { oldest } else { first };
+        self.aged += u64::from(key != first);
         Some(self.take(key))
     }
 
@@ -260,6 +267,14 @@ impl CustomScheduler for StrategyPolicy {
 
     fn pool_count(&self) -> u64 {
         self.pool.len() as u64
+    }
+
+    fn counters(&self) -> Vec<(String, u64)> {
+        vec![
+            ("matched".into(), self.matched),
+            ("demoted".into(), self.demoted),
+            ("aged".into(), self.aged),
+        ]
     }
 
     fn reconfigure(&mut self, config: &str) -> Result<(), String> {

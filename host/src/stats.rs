@@ -1,0 +1,301 @@
+//! Observability: a snapshot of the scheduler's figures, served as JSON on a
+//! root-only Unix socket and, optionally, as Prometheus text on a loopback
+//! TCP address; and `host --monitor`, which reads the socket.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use plugin_api::Counters;
+use serde::{Deserialize, Serialize};
+
+/// Default place of the stats socket.
+pub const DEFAULT_SOCKET: &str = "/run/rthulhu/stats.sock";
+
+/// Everything the endpoint serves.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Snapshot {
+    /// Policy name and version.
+    pub plugin: String,
+    /// Plugin crate version.
+    pub plugin_version: String,
+    /// Seconds since the scheduler attached.
+    pub uptime_s: f64,
+    /// Kernel-side counters (BPF).
+    pub kernel: KernelFigures,
+    /// The host loop's figures.
+    pub host: HostFigures,
+    /// Counters the plugin publishes.
+    pub plugin_counters: BTreeMap<String, u64>,
+}
+
+/// The BPF side's counters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct KernelFigures {
+    /// Tasks queued for the host, not yet taken.
+    pub queued: u64,
+    /// Tasks the plugin holds.
+    pub scheduled: u64,
+    /// Tasks running (host threads excluded).
+    pub running: u64,
+    /// CPUs.
+    pub online_cpus: u64,
+    /// Dispatches decided by the plugin.
+    pub user_dispatches: u64,
+    /// Dispatches BPF did itself.
+    pub kernel_dispatches: u64,
+    /// Dispatches redirected (CPU not allowed).
+    pub bounced_dispatches: u64,
+    /// Dispatches of tasks that had gone.
+    pub failed_dispatches: u64,
+    /// Times the queue to the host was full.
+    pub congested: u64,
+}
+
+impl From<Counters> for KernelFigures {
+    fn from(c: Counters) -> Self {
+        KernelFigures {
+            queued: c.nr_queued,
+            scheduled: c.nr_scheduled,
+            running: c.nr_running,
+            online_cpus: c.nr_online_cpus,
+            user_dispatches: c.nr_user_dispatches,
+            kernel_dispatches: c.nr_kernel_dispatches,
+            bounced_dispatches: c.nr_bounce_dispatches,
+            failed_dispatches: c.nr_failed_dispatches,
+            congested: c.nr_sched_congested,
+        }
+    }
+}
+
+/// The host loop's figures.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct HostFigures {
+    /// Wake-ups handled.
+    pub rounds: u64,
+    /// Decisions (tasks dispatched through the plugin).
+    pub decisions: u64,
+    /// Decisions per second over the last interval.
+    pub decisions_per_sec: f64,
+    /// Tasks the plugin holds.
+    pub pending: u64,
+    /// Host CPU time spent scheduling, as a share of wall time, last interval.
+    pub busy_share: f64,
+}
+
+/// The shared snapshot the loop updates and the servers read.
+pub type Shared = Arc<Mutex<Snapshot>>;
+
+/// Removes the socket file when the scheduler stops.
+pub struct Endpoint {
+    socket: PathBuf,
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Starts serving `shared` on `socket` (folder 0700, socket 0600) and, if
+/// given, as Prometheus text on `metrics` (a loopback address).
+pub fn serve(
+    socket: &Path,
+    metrics: Option<SocketAddr>,
+    shared: Shared,
+) -> std::io::Result<Endpoint> {
+    if let Some(dir) = socket.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let _ = std::fs::remove_file(socket);
+    let listener = UnixListener::bind(socket)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    let json = shared.clone();
+    std::thread::Builder::new()
+        .name("rthulhu-stats".into())
+        .spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                let body = serde_json::to_string(&*json.lock().unwrap_or_else(|e| e.into_inner()));
+                if let Ok(body) = body {
+                    let _ = conn
+                        .write_all(body.as_bytes())
+                        .and_then(|()| conn.write_all(b"\n"));
+                }
+            }
+        })?;
+    if let Some(addr) = metrics {
+        let tcp = TcpListener::bind(addr)?;
+        std::thread::Builder::new().name("rthulhu-metrics".into()).spawn(move || {
+            for mut conn in tcp.incoming().flatten() {
+                let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
+                let mut req = [0u8; 1024];
+                let _ = conn.read(&mut req);
+                let text = prometheus(&shared.lock().unwrap_or_else(|e| e.into_inner()));
+                let head = format!(
+                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
+                    text.len()
+                );
+                let _ = conn.write_all(head.as_bytes()).and_then(|()| conn.write_all(text.as_bytes()));
+            }
+        })?;
+    }
+    Ok(Endpoint {
+        socket: socket.to_path_buf(),
+    })
+}
+
+/// Prometheus text exposition of a snapshot.
+pub fn prometheus(s: &Snapshot) -> String {
+    let k = &s.kernel;
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+        out.push_str(&format!(
+            "# HELP rthulhu_{name} {help}\n# TYPE rthulhu_{name} {kind}\nrthulhu_{name} {value}\n"
+        ));
+    };
+    metric(
+        "queued_tasks",
+        "gauge",
+        "Tasks queued for the host.",
+        k.queued as f64,
+    );
+    metric(
+        "scheduled_tasks",
+        "gauge",
+        "Tasks the plugin holds.",
+        k.scheduled as f64,
+    );
+    metric("running_tasks", "gauge", "Tasks running.", k.running as f64);
+    metric(
+        "user_dispatches_total",
+        "counter",
+        "Dispatches decided by the plugin.",
+        k.user_dispatches as f64,
+    );
+    metric(
+        "kernel_dispatches_total",
+        "counter",
+        "Dispatches BPF did itself.",
+        k.kernel_dispatches as f64,
+    );
+    metric(
+        "bounced_dispatches_total",
+        "counter",
+        "Dispatches redirected.",
+        k.bounced_dispatches as f64,
+    );
+    metric(
+        "failed_dispatches_total",
+        "counter",
+        "Dispatches of tasks that had gone.",
+        k.failed_dispatches as f64,
+    );
+    metric(
+        "congested_total",
+        "counter",
+        "Times the queue to the host was full.",
+        k.congested as f64,
+    );
+    metric(
+        "decisions_per_second",
+        "gauge",
+        "Host decisions per second.",
+        s.host.decisions_per_sec,
+    );
+    metric(
+        "uptime_seconds",
+        "gauge",
+        "Seconds since attach.",
+        s.uptime_s,
+    );
+    for (name, value) in &s.plugin_counters {
+        let clean: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        out.push_str(&format!(
+            "rthulhu_plugin_counter{{plugin=\"{}\",name=\"{clean}\"}} {value}\n",
+            s.plugin
+        ));
+    }
+    out
+}
+
+/// Reads one snapshot from a running host's socket.
+pub fn read(socket: &Path) -> std::io::Result<Snapshot> {
+    let mut conn = UnixStream::connect(socket)?;
+    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text)?;
+    serde_json::from_str(&text).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// One line for `--monitor`.
+pub fn line(s: &Snapshot) -> String {
+    let k = &s.kernel;
+    let mut l = format!(
+        "{} up {:.0}s | {:.0} decisions/s, pending {}, busy {:.1}% | running {} queued {} | dispatched user {} kernel {} bounced {} failed {} | congested {}",
+        s.plugin,
+        s.uptime_s,
+        s.host.decisions_per_sec,
+        s.host.pending,
+        s.host.busy_share * 100.0,
+        k.running,
+        k.queued,
+        k.user_dispatches,
+        k.kernel_dispatches,
+        k.bounced_dispatches,
+        k.failed_dispatches,
+        k.congested
+    );
+    for (name, value) in &s.plugin_counters {
+        l.push_str(&format!(" | {name} {value}"));
+    }
+    l
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serves_json_on_a_private_socket_and_prometheus_on_loopback() {
+        let dir = std::env::temp_dir().join(format!("rthulhu-stats-{}", std::process::id()));
+        let socket = dir.join("sub/stats.sock");
+        let shared: Shared = Arc::default();
+        {
+            let mut s = shared.lock().unwrap();
+            s.plugin = "simple".into();
+            s.kernel.user_dispatches = 42;
+            s.plugin_counters.insert("preemptions".into(), 7);
+        }
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = tcp.local_addr().unwrap();
+        drop(tcp);
+        let endpoint = serve(&socket, Some(addr), shared.clone()).unwrap();
+        let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let got = read(&socket).unwrap();
+        assert_eq!(got, *shared.lock().unwrap());
+        assert!(line(&got).contains("user 42") && line(&got).contains("preemptions 7"));
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut text = String::new();
+        conn.read_to_string(&mut text).unwrap();
+        assert!(text.starts_with("HTTP/1.0 200 OK"));
+        assert!(text.contains("rthulhu_user_dispatches_total 42"));
+        assert!(text.contains("name=\"preemptions\"} 7"));
+        drop(endpoint);
+        assert!(!socket.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
