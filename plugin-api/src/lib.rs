@@ -14,6 +14,7 @@ mod module;
 mod sched;
 mod scheduler;
 mod task;
+pub mod testing;
 
 #[doc(hidden)]
 pub use abi_stable;

@@ -201,26 +201,13 @@ plugin_api::export_plugin!(Deadline);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use plugin_api::{Counters, HostServices};
+    use plugin_api::testing::TestHost;
     use std::collections::VecDeque;
 
-    struct Host(VecDeque<QueuedTask>);
-    impl HostServices for Host {
-        fn dequeue_task(&mut self) -> Option<QueuedTask> {
-            self.0.pop_front()
-        }
-        fn default_select_cpu(&mut self, _: &QueuedTask) -> CpuTarget {
-            CpuTarget::Any
-        }
-        fn nr_cpus(&self) -> u32 {
-            1
-        }
-        fn now_ns(&self) -> u64 {
-            0
-        }
-        fn counters(&self) -> Counters {
-            Counters::default()
-        }
+    fn host(tasks: Vec<QueuedTask>) -> TestHost {
+        let mut h = TestHost::new(1);
+        h.queue = tasks.into();
+        h
     }
 
     fn rec(pid: i32, ran_us: u64, wakeup: bool) -> QueuedTask {
@@ -239,13 +226,13 @@ mod tests {
         let mut d = Deadline::new("").unwrap();
         // Teach it: pid 1 runs 10 ms bursts, pid 2 runs 100 µs and sleeps.
         for _ in 0..8 {
-            let mut host = Host(vec![rec(1, 10_000, false), rec(2, 100, true)].into());
+            let mut host = host(vec![rec(1, 10_000, false), rec(2, 100, true)]);
             Sched::with(&mut host, |s| {
                 d.drain_queued_tasks(s);
                 while d.select_queued_task(s).is_some() {}
             });
         }
-        let mut host = Host(vec![rec(1, 10_000, false), rec(2, 100, true)].into());
+        let mut host = host(vec![rec(1, 10_000, false), rec(2, 100, true)]);
         Sched::with(&mut host, |s| {
             d.drain_queued_tasks(s);
             assert_eq!(d.select_preempting(s).map(|t| t.pid), Some(2));
@@ -262,7 +249,7 @@ mod tests {
     fn slice_shrinks_with_the_queue() {
         let mut d = Deadline::new("slice_max_us = 4000\nslice_min_us = 500").unwrap();
         let tasks: VecDeque<_> = (1..=8).map(|p| rec(p, 0, true)).collect();
-        let mut host = Host(tasks);
+        let mut host = host(tasks.into());
         Sched::with(&mut host, |s| {
             let t = QueuedTask::default();
             assert_eq!(d.time_slice(s, &t), 4_000_000);

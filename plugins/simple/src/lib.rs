@@ -148,26 +148,7 @@ plugin_api::export_plugin!(Simple);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use plugin_api::{Counters, HostServices};
-
-    struct Host(VecDeque<QueuedTask>);
-    impl HostServices for Host {
-        fn dequeue_task(&mut self) -> Option<QueuedTask> {
-            self.0.pop_front()
-        }
-        fn default_select_cpu(&mut self, _: &QueuedTask) -> CpuTarget {
-            CpuTarget::Any
-        }
-        fn nr_cpus(&self) -> u32 {
-            1
-        }
-        fn now_ns(&self) -> u64 {
-            0
-        }
-        fn counters(&self) -> Counters {
-            Counters::default()
-        }
-    }
+    use plugin_api::testing::TestHost;
 
     fn task(pid: i32, vtime: u64, ran: u64, weight: u64) -> QueuedTask {
         QueuedTask {
@@ -182,7 +163,8 @@ mod tests {
 
     fn order(config: &str, tasks: Vec<QueuedTask>) -> Vec<i32> {
         let mut s = Simple::new(config).unwrap();
-        let mut host = Host(tasks.into());
+        let mut host = TestHost::new(1);
+        host.queue = tasks.into();
         Sched::with(&mut host, |sched| {
             s.drain_queued_tasks(sched);
             std::iter::from_fn(|| s.select_queued_task(sched))

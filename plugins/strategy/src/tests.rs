@@ -1,38 +1,15 @@
-use std::collections::VecDeque;
-
-use plugin_api::{Counters, HostServices};
+use plugin_api::testing::TestHost;
 
 use super::*;
 
-struct Host {
-    queue: VecDeque<QueuedTask>,
-    now: u64,
-    cgroup_lookups: u32,
-}
-
-impl HostServices for Host {
-    fn dequeue_task(&mut self) -> Option<QueuedTask> {
-        self.queue.pop_front()
-    }
-    fn default_select_cpu(&mut self, _: &QueuedTask) -> CpuTarget {
-        CpuTarget::Any
-    }
-    fn nr_cpus(&self) -> u32 {
-        2
-    }
-    fn now_ns(&self) -> u64 {
-        self.now
-    }
-    fn counters(&self) -> Counters {
-        Counters::default()
-    }
-    fn cgroup_path(&mut self, id: u64) -> Option<String> {
-        self.cgroup_lookups += 1;
-        (id == 7).then(|| "/kubepods.slice/kubepods-pod1234.slice/cri-aa.scope".to_string())
-    }
-    fn task_uid(&mut self, tgid: i32) -> Option<u32> {
-        Some(if tgid == 300 { 1000 } else { 0 })
-    }
+fn host() -> TestHost {
+    let mut h = TestHost::new(2);
+    h.cgroups.insert(
+        7,
+        "/kubepods.slice/kubepods-pod1234.slice/cri-aa.scope".into(),
+    );
+    h.uids.insert(300, 1000);
+    h
 }
 
 fn task(pid: i32, tgid: i32, comm: &str, cgroup_id: u64) -> QueuedTask {
@@ -61,7 +38,7 @@ priority = 5
 uid = 1000
 "#;
 
-fn run(p: &mut StrategyPolicy, host: &mut Host) -> Vec<(i32, u64)> {
+fn run(p: &mut StrategyPolicy, host: &mut TestHost) -> Vec<(i32, u64)> {
     Sched::with(host, |s| {
         p.drain_queued_tasks(s);
         let mut out = vec![];
@@ -75,18 +52,15 @@ fn run(p: &mut StrategyPolicy, host: &mut Host) -> Vec<(i32, u64)> {
 #[test]
 fn matched_tasks_run_first_by_level_with_their_slice() {
     let mut p = StrategyPolicy::new(CONFIG).unwrap();
-    let mut host = Host {
-        queue: vec![
-            task(1, 1, "bash", 7),
-            task(2, 300, "worker", 1), // uid 1000: level 5
-            task(3, 100, "nr-gnb", 7), // pod + comm: level 10
-            task(4, 100, "nr-gnb", 1), // right comm, wrong cgroup
-            task(5, 100, "ping", 7),   // a thread of the same process
-        ]
-        .into(),
-        now: 0,
-        cgroup_lookups: 0,
-    };
+    let mut host = host();
+    host.queue = vec![
+        task(1, 1, "bash", 7),
+        task(2, 300, "worker", 1), // uid 1000: level 5
+        task(3, 100, "nr-gnb", 7), // pod + comm: level 10
+        task(4, 100, "nr-gnb", 1), // right comm, wrong cgroup
+        task(5, 100, "ping", 7),   // a thread of the same process
+    ]
+    .into();
     let order = run(&mut p, &mut host);
     assert_eq!(
         order,
@@ -97,11 +71,7 @@ fn matched_tasks_run_first_by_level_with_their_slice() {
 #[test]
 fn matching_is_cached_per_thread_identity() {
     let mut p = StrategyPolicy::new(CONFIG).unwrap();
-    let mut host = Host {
-        queue: VecDeque::new(),
-        now: 0,
-        cgroup_lookups: 0,
-    };
+    let mut host = host();
     for _ in 0..50 {
         host.queue.push_back(task(3, 100, "nr-gnb", 7));
         run(&mut p, &mut host);
@@ -114,11 +84,7 @@ fn matching_is_cached_per_thread_identity() {
 fn a_prioritised_hog_loses_priority_and_waiters_are_not_starved() {
     let cfg = "max_burst_us = 1000\nmax_wait_ms = 50\n[[strategy]]\npriority = 1\ncomm = '^yes$'";
     let mut p = StrategyPolicy::new(cfg).unwrap();
-    let mut host = Host {
-        queue: VecDeque::new(),
-        now: 0,
-        cgroup_lookups: 0,
-    };
+    let mut host = host();
     // `yes` woke up: prioritised.
     host.queue
         .extend([task(1, 1, "yes", 1), task(2, 2, "other", 1)]);
