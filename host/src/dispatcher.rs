@@ -243,7 +243,8 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
                 Sched::with(&mut host, |s| policy.next(s, busy)).map_err(LoopError::Plugin)?;
             let waiting = std::mem::replace(&mut pending, next.pool_count);
             let Some(Decision {
-                task,
+                pid,
+                vtime,
                 cpu,
                 slice_ns,
                 preempt,
@@ -256,7 +257,13 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
             } else {
                 slice_ns
             };
-            let mut d = DispatchedTask::new(&task, cpu, slice);
+            let mut d = DispatchedTask {
+                pid,
+                cpu,
+                slice_ns: slice,
+                vtime,
+                flags: 0,
+            };
             if preempt {
                 d.flags |= DISPATCH_PREEMPT;
                 preemptions -= 1;

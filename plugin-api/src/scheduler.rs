@@ -113,8 +113,10 @@ pub trait CustomScheduler: Send + Sized + 'static {
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decision {
-    /// The task, as the plugin handed it back (its `vtime` may be updated).
-    pub task: QueuedTask,
+    /// The task's thread id.
+    pub pid: i32,
+    /// Its vtime as the plugin handed it back (orders the kernel's shared queue).
+    pub vtime: u64,
     /// Where it runs.
     pub cpu: CpuTarget,
     /// Its slice in ns, 0 for the host's default.
@@ -159,7 +161,8 @@ pub fn decide<T: CustomScheduler>(
     stage.set("select_cpu");
     let cpu = sched.select_cpu(s, &task);
     Some(Decision {
-        task,
+        pid: task.pid,
+        vtime: task.vtime,
         cpu,
         slice_ns,
         preempt: busy,
