@@ -6,7 +6,8 @@
 //! passing — are picked before CPU hogs. A sleeper's credit and a hog's
 //! penalty are both bounded; the slice shrinks as the queue grows; the
 //! kernel's idle-CPU pick keeps tasks near their caches; and a task whose
-//! bursts are short may preempt a running hog when no CPU is free.
+//! bursts are short may preempt a running hog when no CPU is free (unless
+//! more than two tasks per CPU already wait, when preempting only churns).
 //!
 //! `[plugin]` knobs (all optional): `slice_max_us` (5000), `slice_min_us`
 //! (250), `max_credit_us` (5000: how far behind the pack a sleeper may
@@ -152,7 +153,12 @@ impl CustomScheduler for Deadline {
         Some(self.take(key))
     }
 
-    fn select_preempting(&mut self, _: &mut Sched<'_>) -> Option<QueuedTask> {
+    fn select_preempting(&mut self, sched: &mut Sched<'_>) -> Option<QueuedTask> {
+        // With a backlog (hackbench-like loads) preempting only churns: the
+        // woken task would wait behind the others anyway.
+        if self.pool.len() > 2 * sched.nr_cpus() as usize {
+            return None;
+        }
         let limit = self.cfg.preempt_burst_us * 1000;
         let (&key, t) = self.pool.first_key_value()?;
         let st = self.tasks.get(&t.pid)?;
