@@ -18,8 +18,9 @@ pub trait Policy {
     /// The next decision ([`plugin_api::decide`]) and the pool count after
     /// it; `busy`: only a task worth preempting for is wanted.
     fn next(&mut self, s: &mut Sched<'_>, busy: bool) -> Result<Next, String>;
-    /// See [`CustomScheduler::reconfigure`].
-    fn reconfigure(&mut self, table: &str) -> Result<(), String>;
+    /// See [`CustomScheduler::reconfigure`]: the outer error is a plugin
+    /// failure, the inner one settings the plugin refused.
+    fn reconfigure(&mut self, table: &str) -> Result<Result<(), String>, String>;
     /// See [`CustomScheduler::counters`].
     fn named_counters(&mut self) -> Result<Vec<(String, u64)>, String>;
 }
@@ -31,7 +32,7 @@ impl Policy for SchedulerBox {
     fn next(&mut self, s: &mut Sched<'_>, busy: bool) -> Result<Next, String> {
         self.next_decision(s, busy)
     }
-    fn reconfigure(&mut self, table: &str) -> Result<(), String> {
+    fn reconfigure(&mut self, table: &str) -> Result<Result<(), String>, String> {
         SchedulerBox::reconfigure(self, table)
     }
     fn named_counters(&mut self) -> Result<Vec<(String, u64)>, String> {
@@ -55,8 +56,8 @@ impl<T: CustomScheduler> Policy for Native<T> {
             pool_count: self.0.pool_count(),
         })
     }
-    fn reconfigure(&mut self, table: &str) -> Result<(), String> {
-        self.0.reconfigure(table)
+    fn reconfigure(&mut self, table: &str) -> Result<Result<(), String>, String> {
+        Ok(self.0.reconfigure(table))
     }
     fn named_counters(&mut self) -> Result<Vec<(String, u64)>, String> {
         Ok(self.0.counters())
@@ -215,9 +216,8 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
         let Some(table) = self.reloader.as_mut().and_then(|r| r()) else {
             return Ok(());
         };
-        match self.policy.reconfigure(&table) {
+        match self.policy.reconfigure(&table).map_err(LoopError::Plugin)? {
             Ok(()) => tracing::info!("reconfigured the plugin from the reloaded config"),
-            Err(e) if e.contains("panicked") => return Err(LoopError::Plugin(e)),
             Err(e) => {
                 tracing::warn!("plugin refused the reloaded settings, keeping the old ones: {e}")
             }

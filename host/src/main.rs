@@ -75,7 +75,8 @@ struct Cli {
     #[arg(long, conflicts_with_all = ["plugin", "config", "simulate", "check_config"])]
     monitor: bool,
 
-    /// Print one line of kernel-side counters every SECS seconds (real kernel only).
+    /// Print one line of the scheduler's figures every SECS seconds (real
+    /// kernel only; at most once a second).
     #[arg(long, value_name = "SECS")]
     stats: Option<f64>,
 
@@ -150,13 +151,9 @@ fn run(mut cli: Cli) -> Result<ExitCode> {
         cli.config = checking.clone();
     }
     // Every input is read and checked before anything starts.
-    let trusted = |path: &std::path::Path| match cli.allow_untrusted_files {
-        true => Ok(()),
-        false => safety::check_trusted(path),
-    };
     let config = match &cli.config {
         Some(path) => {
-            trusted(path)?;
+            safety::check(path, cli.allow_untrusted_files)?;
             Config::load(path)?
         }
         None => Config::default(),
@@ -174,7 +171,7 @@ fn run(mut cli: Cli) -> Result<ExitCode> {
             )
         })?;
     if plugin_path.exists() {
-        trusted(&plugin_path)?;
+        safety::check(&plugin_path, cli.allow_untrusted_files)?;
     }
     let plugin = Plugin::load(&plugin_path)?;
     tracing::debug!(name = plugin.name(), version = plugin.version(), path = %plugin_path.display(), "plugin loaded");
@@ -251,7 +248,6 @@ fn attach(
         timeout_ms: cli.timeout_ms,
         builtin_idle: !cli.no_builtin_idle,
         heartbeat_ns: 10_000_000,
-        stats_every: cli.stats.map(std::time::Duration::from_secs_f64),
     };
     loop {
         let mut object = std::mem::MaybeUninit::uninit();
@@ -266,7 +262,8 @@ fn attach(
         );
         let mut d = Dispatcher::new(scheduler, kernel, slices);
         d.reloader = reloader(cli, config);
-        d.observer = Some(observer(shared.clone()));
+        let print_every = cli.stats.map(std::time::Duration::from_secs_f64);
+        d.observer = Some(observer(shared.clone(), print_every));
         let outcome = d.run();
         d.kernel.detach();
         let info = match outcome {
@@ -310,10 +307,15 @@ fn attach(
     }
 }
 
-/// Keeps the stats endpoint's snapshot current from the loop's ticks.
-fn observer(shared: stats::Shared) -> rthulhu::dispatcher::Observer {
+/// Keeps the stats endpoint's snapshot current from the loop's ticks, and
+/// prints it as one line every `print_every` (`--stats`).
+fn observer(
+    shared: stats::Shared,
+    print_every: Option<std::time::Duration>,
+) -> rthulhu::dispatcher::Observer {
     let start = std::time::Instant::now();
     let mut last = (start, 0u64, std::time::Duration::ZERO);
+    let mut printed = start;
     Box::new(move |t| {
         let now = std::time::Instant::now();
         let wall = (now - last.0).as_secs_f64().max(1e-9);
@@ -329,6 +331,10 @@ fn observer(shared: stats::Shared) -> rthulhu::dispatcher::Observer {
         };
         s.plugin_counters = t.plugin_counters.into_iter().collect();
         last = (now, t.stats.decisions, t.stats.busy);
+        if print_every.is_some_and(|every| now - printed >= every) {
+            printed = now;
+            println!("{}", stats::line(&s));
+        }
     })
 }
 
@@ -354,11 +360,7 @@ fn reloader(cli: &Cli, first: &Config) -> Option<rthulhu::dispatcher::Reloader> 
     let allow_untrusted = cli.allow_untrusted_files;
     let plugin = first.plugin.clone();
     Some(Box::new(move || {
-        let loaded = match allow_untrusted {
-            true => Config::load(&path),
-            false => safety::check_trusted(&path).and_then(|()| Config::load(&path)),
-        };
-        match loaded {
+        match safety::check(&path, allow_untrusted).and_then(|()| Config::load(&path)) {
             Ok(c) => {
                 if c.plugin != plugin {
                     tracing::warn!("{}: a different plugin takes a restart; only [plugin] settings are reloaded", path.display());

@@ -191,7 +191,8 @@ pub struct SchedulerVTable {
     drain_queued_tasks: unsafe extern "C" fn(*mut ErasedScheduler, &mut Sched<'_>) -> Call<u64>,
     next_decision: unsafe extern "C" fn(*mut ErasedScheduler, &mut Sched<'_>, bool) -> Call<Next>,
     pool_count: unsafe extern "C" fn(*mut ErasedScheduler) -> Call<u64>,
-    reconfigure: unsafe extern "C" fn(*mut ErasedScheduler, RStr<'_>) -> Call<()>,
+    // Outer error: the plugin panicked; inner: it refused the settings.
+    reconfigure: unsafe extern "C" fn(*mut ErasedScheduler, RStr<'_>) -> Call<RResult<(), RString>>,
     #[sabi(last_prefix_field)]
     drop: unsafe extern "C" fn(*mut ErasedScheduler),
     // Added after the first layout: a host may meet a plugin without it.
@@ -272,10 +273,12 @@ impl SchedulerBox {
             .collect())
     }
 
-    /// See [`CustomScheduler::reconfigure`].
-    pub fn reconfigure(&mut self, config: &str) -> Result<(), String> {
+    /// See [`CustomScheduler::reconfigure`]. The outer error is a failure of
+    /// the plugin (it panicked); the inner one, settings it refused.
+    pub fn reconfigure(&mut self, config: &str) -> Result<Result<(), String>, String> {
         // SAFETY: as above.
-        plain(unsafe { (self.vtable.reconfigure())(self.this, RStr::from_str(config)) })
+        let r = plain(unsafe { (self.vtable.reconfigure())(self.this, RStr::from_str(config)) })?;
+        Ok(plain(r))
     }
 }
 
@@ -379,14 +382,10 @@ unsafe extern "C" fn pool_count<T: CustomScheduler>(this: *mut ErasedScheduler) 
 unsafe extern "C" fn reconfigure<T: CustomScheduler>(
     this: *mut ErasedScheduler,
     config: RStr<'_>,
-) -> Call<()> {
-    match guarded::<T, _>(this, &Cell::new("reconfigure"), |p| {
-        p.reconfigure(config.as_str())
-    }) {
-        RResult::ROk(Ok(())) => RResult::ROk(()),
-        RResult::ROk(Err(e)) => RResult::RErr(e.into()),
-        RResult::RErr(e) => RResult::RErr(e),
-    }
+) -> Call<RResult<(), RString>> {
+    guarded::<T, _>(this, &Cell::new("reconfigure"), |p| {
+        p.reconfigure(config.as_str()).map_err(RString::from).into()
+    })
 }
 unsafe extern "C" fn counters<T: CustomScheduler>(
     this: *mut ErasedScheduler,

@@ -20,7 +20,7 @@ use std::ffi::CStr;
 use std::mem::{size_of, MaybeUninit};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, OpenObject, ProgramInput, RingBuffer, RingBufferBuilder, UserRingBuffer};
@@ -50,8 +50,6 @@ pub struct BpfOptions {
     pub builtin_idle: bool,
     /// Heartbeat period (ns).
     pub heartbeat_ns: u64,
-    /// Print a line of counters this often.
-    pub stats_every: Option<Duration>,
 }
 
 /// The host→kernel decision record (`struct rthulhu_dispatched` in bpf/intf.h).
@@ -116,8 +114,6 @@ pub struct BpfKernel<'obj> {
     /// Decisions written to the dispatch ring so far.
     submitted: u64,
     cgroups: cgroups::CgroupPaths,
-    opts: BpfOptions,
-    last_stats: Instant,
 }
 
 #[derive(Default)]
@@ -179,8 +175,6 @@ impl<'obj> BpfKernel<'obj> {
             nr_cpus: libbpf_rs::num_possible_cpus().unwrap_or(1) as u32,
             submitted: 0,
             cgroups: cgroups::CgroupPaths::default(),
-            opts,
-            last_stats: Instant::now(),
         })
     }
 
@@ -223,28 +217,6 @@ impl<'obj> BpfKernel<'obj> {
         })
     }
 
-    fn print_stats(&mut self) {
-        let Some(every) = self.opts.stats_every else {
-            return;
-        };
-        if self.last_stats.elapsed() < every {
-            return;
-        }
-        self.last_stats = Instant::now();
-        let c = self.counters();
-        println!(
-            "rthulhu: running {} queued {} scheduled {} | dispatched user {} kernel {} bounced {} failed {} | congested {}",
-            c.nr_running,
-            c.nr_queued,
-            c.nr_scheduled,
-            c.nr_user_dispatches,
-            c.nr_kernel_dispatches,
-            c.nr_bounce_dispatches,
-            c.nr_failed_dispatches,
-            c.nr_sched_congested
-        );
-    }
-
     fn bss(&self) -> &skel::types::bss {
         self.skel.maps.bss_data.as_deref().expect("BPF bss")
     }
@@ -253,7 +225,6 @@ impl<'obj> BpfKernel<'obj> {
 impl Kernel for BpfKernel<'_> {
     fn wait(&mut self) -> Result<Wake, KernelError> {
         loop {
-            self.print_stats();
             if let Some(info) = self.exit_info() {
                 self.detach();
                 return Ok(Wake::Exit(info));
