@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: GPL-2.0-only */
+/* SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause */
 /*
  * Records shared by the BPF program (main.bpf.c) and the Rust host
  * (host/src/bpf/). Both sides check sizes and offsets at build time.
@@ -11,15 +11,29 @@
 /* Dispatch target meaning "any CPU" (the shared queue). */
 #define RTHULHU_CPU_ANY (-1)
 
-/* Id of the shared dispatch queue created in init. */
+/* Queue the host's decisions for "any CPU" go to, ordered by the plugin's vtime. */
 #define RTHULHU_SHARED_DSQ 0ULL
+/*
+ * Queue of tasks that do not wait for the host: kernel threads, tasks handed
+ * back from a CPU a higher class took, and tasks rescued from a late host.
+ * FIFO, and served before the shared queue (its tasks already waited).
+ */
+#define RTHULHU_FALLBACK_DSQ 1ULL
 
 /* Records in the kernel→host ring. */
 #define RTHULHU_RING_RECORDS 8192
 
+/* Tasks the host may hold at once; past this, tasks take the fallback queue. */
+#define RTHULHU_MAX_HELD 65536
+
+/* CPUs the heartbeat looks after (larger ids are served, but never rescued). */
+#define RTHULHU_MAX_CPUS 1024
+
 /*
  * A queued task, kernel → host (BPF_MAP_TYPE_RINGBUF "queued").
- * Same layout as plugin_api::QueuedTask. A record with pid 0 carries no
+ * The first 88 bytes have the layout of plugin_api::QueuedTask; `gen` is the
+ * host's: it comes back with the decision so that BPF can drop a decision
+ * made for an older record of the same task. A record with pid 0 carries no
  * task: it only wakes the host.
  */
 struct rthulhu_queued {
@@ -35,6 +49,7 @@ struct rthulhu_queued {
 	unsigned long long vtime;
 	unsigned long long cgroup_id;
 	char comm[RTHULHU_COMM_LEN];
+	unsigned long long gen;
 };
 
 /* Dispatch flag: run now, preempting a running task if no CPU is idle. */
@@ -47,14 +62,7 @@ struct rthulhu_dispatched {
 	unsigned long long slice_ns;
 	unsigned long long vtime;
 	unsigned long long flags;
-};
-
-/* Argument of the "default_select_cpu" syscall program (BPF_PROG_TEST_RUN). */
-struct rthulhu_select_cpu {
-	int pid;
-	int prev_cpu;
-	int cpu; /* out: chosen CPU, or negative */
-	int pad;
+	unsigned long long gen; /* the record's, see struct rthulhu_queued */
 };
 
 #define RTHULHU_EXIT_DUMP_LEN 16384
@@ -71,10 +79,10 @@ struct rthulhu_exit {
 };
 
 #ifdef __BPF__
-_Static_assert(sizeof(struct rthulhu_queued) == 88, "queued record layout");
+_Static_assert(sizeof(struct rthulhu_queued) == 96, "queued record layout");
 _Static_assert(__builtin_offsetof(struct rthulhu_queued, comm) == 72, "queued comm offset");
-_Static_assert(sizeof(struct rthulhu_dispatched) == 32, "dispatched record layout");
-_Static_assert(sizeof(struct rthulhu_select_cpu) == 16, "select_cpu layout");
+_Static_assert(__builtin_offsetof(struct rthulhu_queued, gen) == 88, "queued gen offset");
+_Static_assert(sizeof(struct rthulhu_dispatched) == 40, "dispatched record layout");
 #endif
 
 #endif /* RTHULHU_INTF_H */

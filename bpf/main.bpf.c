@@ -1,15 +1,34 @@
-// SPDX-License-Identifier: GPL-2.0-only
+// SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause
 /*
- * Rthulhu's BPF half: a sched_ext scheduler that hands scheduling decisions
- * to the user-space host.
+ * Rthulhu's BPF half: a sched_ext scheduler that asks the user-space host
+ * which task runs next, and never lets a CPU idle for the host's sake.
  *
- * enqueue   → a record in the "queued" ring buffer (host threads and per-CPU
- *             kthreads are dispatched here directly: they must never wait on
- *             user space);
- * dispatch  → drain the host's decisions from the "dispatched" user ring
- *             buffer into the shared queue (ordered by the plugin's vtime) or
- *             a CPU's local queue, then pull work from the shared queue.
- * A heartbeat timer wakes the host while it holds tasks, so it never starves.
+ * Who waits on user space. Ordinary tasks: enqueue sends a record to the
+ * host ("queued" ring) and the task is *held* until the host's decision comes
+ * back through the "dispatched" user ring, is drained by ops.dispatch and
+ * inserted into the shared queue (ordered by the plugin's vtime) or a CPU's
+ * local queue. Never: the host's own threads (it cannot wait on itself),
+ * kernel threads (memory reclaim, RCU, writeback and the sched_ext watchdog's
+ * work item run in them, and the host's syscalls may wait on any of them),
+ * and tasks handed back from a CPU that an RT/DL task took.
+ *
+ * Liveness. A CPU that finds nothing to run while tasks are held wakes the
+ * host. The heartbeat timer (one per heartbeat_ns) looks at every CPU: if one
+ * has been idle for a whole heartbeat while tasks are held, the host is late
+ * (slow, stopped, stuck in a plugin or simply not told) and the held tasks
+ * that waited that long are *rescued*: moved, in arrival order, into the
+ * fallback queue, which every CPU serves first. If the host has not finished
+ * a round for a heartbeat either, new tasks *bypass* it until it does. The
+ * heartbeat also kicks idle CPUs while any queue has work, so an idle CPU the
+ * kernel's idle pick missed does not stay idle. A decision that arrives for a
+ * task that was rescued, dequeued or queued again since its record carries an
+ * old generation number and is dropped. The kernel watchdog stays a last
+ * resort for a broken kernel side, not a mechanism.
+ *
+ * Tolerated races: counters are updated with atomics but read without a
+ * snapshot, so the host's view of occupancy may be off by a task or two for
+ * a moment (it only sizes how many decisions a round hands over); an idle
+ * CPU's timestamp may be a few microseconds stale (it only times rescues).
  */
 #include "vmlinux.h"
 #include "intf.h"
@@ -21,14 +40,16 @@
 #define __uint(name, val) int (*name)[val]
 #define __type(name, val) typeof(val) *name
 #define __always_inline inline __attribute__((always_inline))
-#define likely(x) __builtin_expect(!!(x), 1)
-#define unlikely(x) __builtin_expect(!!(x), 0)
 
 #define PF_KTHREAD 0x00200000
 #define CLOCK_MONOTONIC 1
 
 /* Helpers, by their ids from the kernel's enum bpf_func_id (in vmlinux.h). */
 static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)BPF_FUNC_map_lookup_elem;
+static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, __u64 flags) = (void *)BPF_FUNC_map_update_elem;
+static long (*bpf_map_delete_elem)(void *map, const void *key) = (void *)BPF_FUNC_map_delete_elem;
+static long (*bpf_for_each_map_elem)(void *map, void *callback_fn, void *ctx, __u64 flags) = (void *)BPF_FUNC_for_each_map_elem;
+static long (*bpf_loop)(__u32 nr_loops, void *callback_fn, void *ctx, __u64 flags) = (void *)BPF_FUNC_loop;
 static __u64 (*bpf_ktime_get_ns)(void) = (void *)BPF_FUNC_ktime_get_ns;
 static void *(*bpf_ringbuf_reserve)(void *ringbuf, __u64 size, __u64 flags) = (void *)BPF_FUNC_ringbuf_reserve;
 static void (*bpf_ringbuf_submit)(void *data, __u64 flags) = (void *)BPF_FUNC_ringbuf_submit;
@@ -43,8 +64,6 @@ static void *(*bpf_task_storage_get)(void *map, struct task_struct *task, void *
 
 /* sched_ext and task kfuncs (kernel 7.x names). */
 extern s32 scx_bpf_select_cpu_dfl(struct task_struct *p, s32 prev_cpu, u64 wake_flags, bool *is_idle) __ksym;
-extern s32 scx_bpf_select_cpu_and(struct task_struct *p, s32 prev_cpu, u64 wake_flags,
-				  const struct cpumask *cpus_allowed, u64 flags) __ksym;
 extern void scx_bpf_dsq_insert(struct task_struct *p, u64 dsq_id, u64 slice, u64 enq_flags) __ksym;
 extern void scx_bpf_dsq_insert_vtime(struct task_struct *p, u64 dsq_id, u64 slice, u64 vtime,
 				     u64 enq_flags) __ksym;
@@ -54,15 +73,16 @@ extern void scx_bpf_kick_cpu(s32 cpu, u64 flags) __ksym;
 extern u32 scx_bpf_dispatch_nr_slots(void) __ksym;
 extern s32 scx_bpf_dsq_nr_queued(u64 dsq_id) __ksym;
 extern s32 scx_bpf_pick_idle_cpu(const struct cpumask *cpus_allowed, u64 flags) __ksym;
+extern bool scx_bpf_test_and_clear_cpu_idle(s32 cpu) __ksym;
 extern u32 scx_bpf_nr_cpu_ids(void) __ksym;
 extern s32 scx_bpf_task_cpu(const struct task_struct *p) __ksym;
+extern bool scx_bpf_task_set_dsq_vtime(struct task_struct *p, u64 vtime) __ksym;
+extern u32 scx_bpf_reenqueue_local(void) __ksym;
 extern struct task_struct *bpf_task_from_pid(s32 pid) __ksym;
 extern void bpf_task_release(struct task_struct *p) __ksym;
 extern bool bpf_cpumask_test_cpu(u32 cpu, const struct cpumask *cpumask) __ksym;
-extern void bpf_rcu_read_lock(void) __ksym;
-extern void bpf_rcu_read_unlock(void) __ksym;
 
-char _license[] SEC("license") = "GPL";
+char _license[] SEC("license") = "Dual BSD/GPL";
 
 /* --- settings, written by the host before load ---------------------------- */
 
@@ -71,11 +91,34 @@ const volatile u64 slice_ns = 5000000;	/* slice for tasks BPF dispatches itself 
 const volatile u64 heartbeat_ns = 10000000;
 const volatile bool builtin_idle = true; /* use the kernel's idle-CPU pick */
 
-/* --- counters, read (and nr_scheduled written) by the host ---------------- */
+/* --- written by the host --------------------------------------------------- */
 
-volatile u64 nr_queued, nr_scheduled, nr_running, nr_online_cpus;
-volatile u64 nr_user_dispatches, nr_kernel_dispatches, nr_bounce_dispatches;
-volatile u64 nr_failed_dispatches, nr_sched_congested, nr_shared_queued;
+/* When the host last finished a round (bpf_ktime_get_ns clock). */
+volatile u64 host_progress_ns;
+/* Decisions the host has written into the dispatched ring so far. */
+volatile u64 host_submitted;
+/* Tasks the plugin says it holds (stats only: BPF counts its own, nr_held). */
+volatile u64 nr_scheduled;
+
+/* --- counters, read by the host --------------------------------------------- */
+
+volatile u64 nr_held;		/* records out to the host, not yet decided on */
+volatile u64 nr_inflight;	/* inserted on the host's word, not yet running */
+volatile u64 nr_running;	/* tasks running, the host's own threads aside */
+volatile u64 nr_drained;	/* decisions read from the dispatched ring */
+volatile u64 nr_user_dispatches, nr_kernel_dispatches, nr_direct_dispatches;
+volatile u64 nr_bounce_dispatches, nr_failed_dispatches, nr_stale_dispatches;
+volatile u64 nr_sched_congested, nr_keep_running, nr_reenqueued;
+volatile u64 nr_rescues, nr_rescued, nr_bypassed, nr_idle_kicks, nr_host_wakeups;
+volatile u64 nr_shared_queued, nr_fallback_queued, nr_queued;
+
+/* Set by the heartbeat, taken by the first CPU through ops.dispatch. */
+volatile u32 rescue_pending;
+/* While set, new tasks skip the host (it was late for a whole heartbeat). */
+volatile u32 bypass;
+
+/* When each CPU went idle (0: busy). */
+u64 idle_since[RTHULHU_MAX_CPUS];
 
 struct rthulhu_exit exit_info;
 /* The kernel's debug dump at exit (ops.exit_dump_len bytes, set by the host). */
@@ -104,20 +147,35 @@ struct {
 	__type(value, struct heartbeat);
 } heartbeat SEC(".maps");
 
-/* When each task last started and stopped running. */
-struct task_times {
-	u64 start_ts;
-	u64 stop_ts;
-	/* Counted in nr_running (tasks already running at attach time are not). */
-	bool counted;
+/* Per-task state. */
+struct task_ctx {
+	u64 start_ts;	/* when it last started running */
+	u64 stop_ts;	/* when it last stopped */
+	u64 gen;	/* bumped for every record sent to the host */
+	u32 held;	/* a record is out and nothing has dispatched the task yet */
+	u32 inflight;	/* inserted on the host's word, not yet running */
+	u32 counted;	/* in nr_running */
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
-	__type(value, struct task_times);
-} task_times SEC(".maps");
+	__type(value, struct task_ctx);
+} task_ctxs SEC(".maps");
+
+/* The tasks the host holds, so that a rescue can find them. */
+struct held_task {
+	u64 gen;
+	u64 since;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, RTHULHU_MAX_HELD);
+	__type(key, s32);
+	__type(value, struct held_task);
+} held_tasks SEC(".maps");
 
 /* --- helpers --------------------------------------------------------------- */
 
@@ -126,10 +184,10 @@ static __always_inline bool is_host_thread(const struct task_struct *p)
 	return p->tgid == usersched_tgid;
 }
 
-/* Tasks that must never wait on user space. */
+/* Tasks that never wait on user space (see the header). */
 static __always_inline bool dispatch_in_kernel(const struct task_struct *p)
 {
-	return is_host_thread(p) || ((p->flags & PF_KTHREAD) && p->nr_cpus_allowed == 1);
+	return is_host_thread(p) || (p->flags & PF_KTHREAD);
 }
 
 static __always_inline u64 pending_records(void)
@@ -137,29 +195,63 @@ static __always_inline u64 pending_records(void)
 	return bpf_ringbuf_query(&queued, BPF_RB_AVAIL_DATA) / sizeof(struct rthulhu_queued);
 }
 
-/* Wakes the host with an empty record, unless records already wait for it. */
-static void wake_host(void)
+/* Nothing waits for a CPU in our custody: a waking task may take an idle one. */
+static __always_inline bool nothing_waits(void)
+{
+	return !nr_held && !scx_bpf_dsq_nr_queued(RTHULHU_FALLBACK_DSQ) &&
+	       !scx_bpf_dsq_nr_queued(RTHULHU_SHARED_DSQ);
+}
+
+/* Wakes the host with an empty record; `force`: even if records already wait. */
+static void wake_host(bool force)
 {
 	struct rthulhu_queued *r;
 
-	if (bpf_ringbuf_query(&queued, BPF_RB_AVAIL_DATA))
+	if (!force && bpf_ringbuf_query(&queued, BPF_RB_AVAIL_DATA))
 		return;
 	r = bpf_ringbuf_reserve(&queued, sizeof(*r), 0);
 	if (!r)
 		return;
 	__builtin_memset(r, 0, sizeof(*r));
 	bpf_ringbuf_submit(r, BPF_RB_FORCE_WAKEUP);
+	__sync_fetch_and_add(&nr_host_wakeups, 1);
 }
 
-/* Wakes an idle CPU that may run p; false if none is idle. */
+/* Wakes an idle CPU that may run p, its last CPU first; false if none is idle. */
 static bool kick_idle_cpu(const struct task_struct *p)
 {
-	s32 cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
+	s32 cpu = scx_bpf_task_cpu(p);
 
+	if (!bpf_cpumask_test_cpu(cpu, p->cpus_ptr) || !scx_bpf_test_and_clear_cpu_idle(cpu))
+		cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
 	if (cpu < 0)
 		return false;
 	scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
 	return true;
+}
+
+/* Clears p's held mark; true for the one caller that cleared it. */
+static bool take_held(struct task_ctx *tctx, s32 pid)
+{
+	if (__sync_val_compare_and_swap(&tctx->held, 1, 0) != 1)
+		return false;
+	__sync_fetch_and_sub(&nr_held, 1);
+	bpf_map_delete_elem(&held_tasks, &pid);
+	return true;
+}
+
+static void take_inflight(struct task_ctx *tctx)
+{
+	if (__sync_val_compare_and_swap(&tctx->inflight, 1, 0) == 1)
+		__sync_fetch_and_sub(&nr_inflight, 1);
+}
+
+/* Queues p in kernel order: no host round trip. */
+static void insert_fallback(struct task_struct *p, u64 enq_flags)
+{
+	scx_bpf_dsq_insert(p, RTHULHU_FALLBACK_DSQ, slice_ns, enq_flags);
+	__sync_fetch_and_add(&nr_kernel_dispatches, 1);
+	kick_idle_cpu(p);
 }
 
 static u64 task_cgroup_id(struct task_struct *p)
@@ -185,23 +277,45 @@ s32 rthulhu_select_cpu(unsigned long long *ctx)
 	struct task_struct *p = (void *)ctx[0];
 	s32 prev_cpu = ctx[1];
 	u64 wake_flags = ctx[2];
+	bool in_kernel = dispatch_in_kernel(p);
 	bool is_idle = false;
 	s32 cpu;
 
-	if (!builtin_idle)
+	if (!builtin_idle && !in_kernel)
 		return prev_cpu;
 	cpu = scx_bpf_select_cpu_dfl(p, prev_cpu, wake_flags, &is_idle);
 	/*
 	 * An idle CPU waits for nobody: run there now, no round trip to the
-	 * host. But only while nothing else waits, or direct wake-ups would
-	 * keep CPUs busy and starve the tasks the host already ordered.
+	 * host. For ordinary tasks only while nothing else waits (or the host
+	 * is bypassed), or direct wake-ups would overtake what the host ordered.
 	 */
-	if (is_idle && !nr_scheduled && !scx_bpf_dsq_nr_queued(RTHULHU_SHARED_DSQ) &&
-	    !bpf_ringbuf_query(&queued, BPF_RB_AVAIL_DATA)) {
+	if (is_idle && (in_kernel || bypass || nothing_waits())) {
 		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, 0);
-		__sync_fetch_and_add(&nr_kernel_dispatches, 1);
+		__sync_fetch_and_add(&nr_direct_dispatches, 1);
 	}
 	return cpu;
+}
+
+/* A task that never waits on the host. */
+static void enqueue_in_kernel(struct task_struct *p, u64 enq_flags)
+{
+	/* Handed back from a CPU a higher class took: run anywhere else. */
+	if ((enq_flags & SCX_ENQ_REENQ) && p->nr_cpus_allowed > 1) {
+		insert_fallback(p, enq_flags);
+		return;
+	}
+	if (is_host_thread(p)) {
+		/* The host must get a CPU at once, or every decision waits behind a hog. */
+		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, enq_flags | SCX_ENQ_PREEMPT);
+		__sync_fetch_and_add(&nr_kernel_dispatches, 1);
+		return;
+	}
+	if (p->nr_cpus_allowed == 1) {
+		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, enq_flags);
+		__sync_fetch_and_add(&nr_kernel_dispatches, 1);
+		return;
+	}
+	insert_fallback(p, enq_flags);
 }
 
 SEC("struct_ops/rthulhu_enqueue")
@@ -210,40 +324,81 @@ int rthulhu_enqueue(unsigned long long *ctx)
 	struct task_struct *p = (void *)ctx[0];
 	u64 enq_flags = ctx[1];
 	struct rthulhu_queued *r;
-	struct task_times *tt;
+	struct task_ctx *tctx;
+	struct held_task h;
+	s32 pid = p->pid;
 
 	if (dispatch_in_kernel(p)) {
-		/* The host must get a CPU at once, or every decision waits behind a hog. */
-		u64 flags = is_host_thread(p) ? enq_flags | SCX_ENQ_PREEMPT : enq_flags;
-
-		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, flags);
-		__sync_fetch_and_add(&nr_kernel_dispatches, 1);
+		enqueue_in_kernel(p, enq_flags);
 		return 0;
 	}
-
+	if (enq_flags & SCX_ENQ_REENQ) {
+		__sync_fetch_and_add(&nr_reenqueued, 1);
+		insert_fallback(p, enq_flags);
+		return 0;
+	}
+	/* The last task of a CPU whose slice ended keeps running if nothing waits. */
+	if ((enq_flags & SCX_ENQ_LAST) && nothing_waits()) {
+		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, enq_flags);
+		__sync_fetch_and_add(&nr_keep_running, 1);
+		return 0;
+	}
+	if (bypass) {
+		__sync_fetch_and_add(&nr_bypassed, 1);
+		insert_fallback(p, enq_flags);
+		return 0;
+	}
+	tctx = bpf_task_storage_get(&task_ctxs, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!tctx) {
+		insert_fallback(p, enq_flags);
+		return 0;
+	}
+	h.gen = ++tctx->gen;
+	h.since = bpf_ktime_get_ns();
+	if (bpf_map_update_elem(&held_tasks, &pid, &h, BPF_ANY)) {
+		__sync_fetch_and_add(&nr_sched_congested, 1);
+		insert_fallback(p, enq_flags);
+		return 0;
+	}
 	r = bpf_ringbuf_reserve(&queued, sizeof(*r), 0);
 	if (!r) {
-		/* Ring full: keep the task moving on the shared queue. */
-		scx_bpf_dsq_insert_vtime(p, RTHULHU_SHARED_DSQ, slice_ns, p->scx.dsq_vtime, enq_flags);
+		/* Ring full: keep the task moving in kernel order. */
+		bpf_map_delete_elem(&held_tasks, &pid);
 		__sync_fetch_and_add(&nr_sched_congested, 1);
-		__sync_fetch_and_add(&nr_kernel_dispatches, 1);
-		kick_idle_cpu(p);
+		insert_fallback(p, enq_flags);
 		return 0;
 	}
-	tt = bpf_task_storage_get(&task_times, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-	r->pid = p->pid;
+	/* Held before the host can see the record, so its decision finds it so. */
+	tctx->held = 1;
+	__sync_fetch_and_add(&nr_held, 1);
+	r->pid = pid;
 	r->tgid = p->tgid;
 	r->cpu = scx_bpf_task_cpu(p);
 	r->nr_cpus_allowed = p->nr_cpus_allowed;
 	r->flags = enq_flags;
-	r->start_ts = tt ? tt->start_ts : 0;
-	r->stop_ts = tt ? tt->stop_ts : 0;
+	r->start_ts = tctx->start_ts;
+	r->stop_ts = tctx->stop_ts;
 	r->exec_runtime = p->se.sum_exec_runtime;
 	r->weight = p->scx.weight;
 	r->vtime = p->scx.dsq_vtime;
 	r->cgroup_id = task_cgroup_id(p);
 	__builtin_memcpy(r->comm, p->comm, RTHULHU_COMM_LEN);
+	r->gen = h.gen;
 	bpf_ringbuf_submit(r, 0);
+	return 0;
+}
+
+SEC("struct_ops/rthulhu_dequeue")
+int rthulhu_dequeue(unsigned long long *ctx)
+{
+	struct task_struct *p = (void *)ctx[0];
+	struct task_ctx *tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
+
+	/* Affinity, nice, cgroup move...: the host's record is stale now. */
+	if (tctx) {
+		take_held(tctx, p->pid);
+		take_inflight(tctx);
+	}
 	return 0;
 }
 
@@ -256,15 +411,24 @@ static long dispatch_one(struct bpf_dynptr *dynptr, struct drain_ctx *dc)
 {
 	struct rthulhu_dispatched d;
 	struct task_struct *p;
+	struct task_ctx *tctx;
 	u64 dsq = RTHULHU_SHARED_DSQ;
 	bool preempt;
 	s32 cpu;
 
 	if (bpf_dynptr_read(&d, sizeof(d), dynptr, 0, 0))
 		return 1;
+	__sync_fetch_and_add(&nr_drained, 1);
 	p = bpf_task_from_pid(d.pid);
 	if (!p) {
 		__sync_fetch_and_add(&nr_failed_dispatches, 1);
+		return 0;
+	}
+	tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
+	/* Rescued, dequeued or queued again since this record: drop it. */
+	if (!tctx || tctx->gen != d.gen || !take_held(tctx, d.pid)) {
+		__sync_fetch_and_add(&nr_stale_dispatches, 1);
+		bpf_task_release(p);
 		return 0;
 	}
 	preempt = d.flags & RTHULHU_DSP_PREEMPT;
@@ -276,6 +440,8 @@ static long dispatch_one(struct bpf_dynptr *dynptr, struct drain_ctx *dc)
 		else
 			__sync_fetch_and_add(&nr_bounce_dispatches, 1);
 	}
+	tctx->inflight = 1;
+	__sync_fetch_and_add(&nr_inflight, 1);
 	/*
 	 * The shared queue is ordered by the plugin's vtime, so a task the
 	 * plugin ranks higher overtakes ones it handed over earlier.
@@ -286,7 +452,7 @@ static long dispatch_one(struct bpf_dynptr *dynptr, struct drain_ctx *dc)
 		if (!kick_idle_cpu(p) && preempt)
 			scx_bpf_kick_cpu(scx_bpf_task_cpu(p), SCX_KICK_PREEMPT);
 	} else {
-		p->scx.dsq_vtime = d.vtime;
+		scx_bpf_task_set_dsq_vtime(p, d.vtime);
 		scx_bpf_dsq_insert(p, dsq, d.slice_ns, d.flags | (preempt ? SCX_ENQ_PREEMPT : 0));
 		scx_bpf_kick_cpu(cpu, preempt ? SCX_KICK_PREEMPT : SCX_KICK_IDLE);
 	}
@@ -295,18 +461,82 @@ static long dispatch_one(struct bpf_dynptr *dynptr, struct drain_ctx *dc)
 	return --dc->slots == 0;
 }
 
+struct rescue_ctx {
+	u64 now;
+	u64 min_wait;
+	u32 slots;
+};
+
+/* Moves one held task that waited at least min_wait into the fallback queue. */
+static long rescue_one(void *map, s32 *pid, struct held_task *h, struct rescue_ctx *rc)
+{
+	struct task_struct *p;
+	struct task_ctx *tctx;
+
+	if (rc->now - h->since < rc->min_wait)
+		return 0;
+	p = bpf_task_from_pid(*pid);
+	if (!p) {
+		bpf_map_delete_elem(map, pid);
+		return 0;
+	}
+	tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
+	if (tctx && tctx->gen == h->gen && take_held(tctx, *pid)) {
+		scx_bpf_dsq_insert(p, RTHULHU_FALLBACK_DSQ, slice_ns, 0);
+		__sync_fetch_and_add(&nr_rescued, 1);
+		rc->slots--;
+	}
+	bpf_task_release(p);
+	return rc->slots == 0;
+}
+
 SEC("struct_ops/rthulhu_dispatch")
 int rthulhu_dispatch(unsigned long long *ctx)
 {
 	struct drain_ctx dc = { .slots = scx_bpf_dispatch_nr_slots() };
 
+	/* One CPU at a time rescues what a late host left waiting. */
+	if (rescue_pending && __sync_val_compare_and_swap(&rescue_pending, 1, 0) == 1) {
+		struct rescue_ctx rc = {
+			.now = bpf_ktime_get_ns(),
+			.min_wait = bypass ? 0 : heartbeat_ns,
+			.slots = dc.slots,
+		};
+
+		if (rc.slots)
+			bpf_for_each_map_elem(&held_tasks, rescue_one, &rc, 0);
+		if (!rc.slots)
+			rescue_pending = 1; /* more to move: the next CPU goes on */
+		dc.slots = rc.slots;
+	}
 	if (dc.slots)
 		bpf_user_ringbuf_drain(&dispatched, dispatch_one, &dc, 0);
+	if (scx_bpf_dsq_move_to_local(RTHULHU_FALLBACK_DSQ))
+		return 0;
 	if (scx_bpf_dsq_move_to_local(RTHULHU_SHARED_DSQ))
 		return 0;
 	/* This CPU has nothing to run: if the host holds tasks, it must decide now. */
-	if (nr_scheduled)
-		wake_host();
+	if (nr_held)
+		wake_host(false);
+	return 0;
+}
+
+SEC("struct_ops/rthulhu_update_idle")
+int rthulhu_update_idle(unsigned long long *ctx)
+{
+	s32 cpu = ctx[0];
+	bool idle = ctx[1];
+
+	if (cpu >= 0 && cpu < RTHULHU_MAX_CPUS)
+		idle_since[cpu] = idle ? bpf_ktime_get_ns() : 0;
+	return 0;
+}
+
+/* An RT/DL task took this CPU: hand what waits in its local queue to the others. */
+SEC("struct_ops/rthulhu_cpu_release")
+int rthulhu_cpu_release(unsigned long long *ctx)
+{
+	scx_bpf_reenqueue_local();
 	return 0;
 }
 
@@ -314,14 +544,15 @@ SEC("struct_ops/rthulhu_running")
 int rthulhu_running(unsigned long long *ctx)
 {
 	struct task_struct *p = (void *)ctx[0];
-	struct task_times *tt;
+	struct task_ctx *tctx;
 
-	tt = bpf_task_storage_get(&task_times, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!tt)
+	tctx = bpf_task_storage_get(&task_ctxs, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!tctx)
 		return 0;
-	tt->start_ts = bpf_ktime_get_ns();
-	if (!is_host_thread(p)) {
-		tt->counted = true;
+	tctx->start_ts = bpf_ktime_get_ns();
+	take_inflight(tctx);
+	if (!is_host_thread(p) && !tctx->counted) {
+		tctx->counted = 1;
 		__sync_fetch_and_add(&nr_running, 1);
 	}
 	return 0;
@@ -331,25 +562,72 @@ SEC("struct_ops/rthulhu_stopping")
 int rthulhu_stopping(unsigned long long *ctx)
 {
 	struct task_struct *p = (void *)ctx[0];
-	struct task_times *tt;
+	struct task_ctx *tctx;
 
-	tt = bpf_task_storage_get(&task_times, p, 0, 0);
-	if (!tt)
+	tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
+	if (!tctx)
 		return 0;
-	tt->stop_ts = bpf_ktime_get_ns();
-	if (tt->counted) {
-		tt->counted = false;
+	tctx->stop_ts = bpf_ktime_get_ns();
+	if (tctx->counted) {
+		tctx->counted = 0;
 		__sync_fetch_and_sub(&nr_running, 1);
+	}
+	return 0;
+}
+
+struct cpu_scan {
+	u64 now;
+	u32 nr_cpus;
+	u32 idle;
+	u32 late;	/* idle for a whole heartbeat */
+	bool kick;
+};
+
+static long scan_cpu(u32 i, struct cpu_scan *s)
+{
+	u64 since;
+
+	if (i >= s->nr_cpus || i >= RTHULHU_MAX_CPUS)
+		return 1;
+	since = idle_since[i];
+	if (!since)
+		return 0;
+	s->idle++;
+	if (s->now - since >= heartbeat_ns)
+		s->late++;
+	if (s->kick) {
+		scx_bpf_kick_cpu(i, SCX_KICK_IDLE);
+		__sync_fetch_and_add(&nr_idle_kicks, 1);
 	}
 	return 0;
 }
 
 static int heartbeat_fn(void *map, int *key, struct heartbeat *hb)
 {
+	struct cpu_scan s = { .now = bpf_ktime_get_ns(), .nr_cpus = scx_bpf_nr_cpu_ids() };
+	bool host_late = s.now - host_progress_ns > heartbeat_ns;
+
+	if (bypass && !host_late)
+		bypass = 0;
 	nr_queued = pending_records();
 	nr_shared_queued = scx_bpf_dsq_nr_queued(RTHULHU_SHARED_DSQ);
-	if (nr_scheduled || nr_queued)
-		wake_host();
+	nr_fallback_queued = scx_bpf_dsq_nr_queued(RTHULHU_FALLBACK_DSQ);
+	bpf_loop(RTHULHU_MAX_CPUS, scan_cpu, &s, 0);
+	if (nr_held && s.late) {
+		/* A CPU idled a whole heartbeat while the host held tasks: rescue them. */
+		rescue_pending = 1;
+		__sync_fetch_and_add(&nr_rescues, 1);
+		if (host_late)
+			bypass = 1;
+	}
+	if (s.idle && (rescue_pending || nr_shared_queued || nr_fallback_queued ||
+		       host_submitted > nr_drained)) {
+		s.kick = true;
+		bpf_loop(RTHULHU_MAX_CPUS, scan_cpu, &s, 0);
+	}
+	/* Forced: a wake-up the host missed must not wait for the next record. */
+	if (nr_held || nr_queued)
+		wake_host(true);
 	bpf_timer_start(&hb->timer, heartbeat_ns, 0);
 	return 0;
 }
@@ -361,8 +639,10 @@ s32 rthulhu_init(unsigned long long *ctx)
 	struct heartbeat *hb;
 	s32 err;
 
-	nr_online_cpus = scx_bpf_nr_cpu_ids();
 	err = scx_bpf_create_dsq(RTHULHU_SHARED_DSQ, -1);
+	if (err)
+		return err;
+	err = scx_bpf_create_dsq(RTHULHU_FALLBACK_DSQ, -1);
 	if (err)
 		return err;
 	hb = bpf_map_lookup_elem(&heartbeat, &key);
@@ -383,27 +663,12 @@ int rthulhu_exit(unsigned long long *ctx)
 	bpf_probe_read_kernel_str(exit_info.msg, sizeof(exit_info.msg), ei->msg);
 	if (ei->dump)
 		bpf_probe_read_kernel_str(exit_dump, sizeof(exit_dump), ei->dump);
-	/* Written last: the host treats a non-zero kind as "the rest is valid". */
-	exit_info.kind = ei->kind;
-	wake_host();
-	return 0;
-}
-
-/* default_select_cpu for plugins: the kernel's idle pick, run through BPF_PROG_TEST_RUN. */
-SEC("syscall")
-int default_select_cpu(struct rthulhu_select_cpu *arg)
-{
-	struct task_struct *p = bpf_task_from_pid(arg->pid);
-
-	if (!p) {
-		arg->cpu = -1;
-		return 0;
-	}
-	/* cpus_ptr is only trusted inside an RCU read section here. */
-	bpf_rcu_read_lock();
-	arg->cpu = scx_bpf_select_cpu_and(p, arg->prev_cpu, 0, p->cpus_ptr, 0);
-	bpf_rcu_read_unlock();
-	bpf_task_release(p);
+	/*
+	 * Written last, with a fully ordered exchange: the host treats a
+	 * non-zero kind as "the rest is valid".
+	 */
+	__sync_lock_test_and_set(&exit_info.kind, ei->kind);
+	wake_host(true);
 	return 0;
 }
 
@@ -411,12 +676,15 @@ SEC(".struct_ops.link")
 struct sched_ext_ops rthulhu_ops = {
 	.select_cpu = (void *)rthulhu_select_cpu,
 	.enqueue = (void *)rthulhu_enqueue,
+	.dequeue = (void *)rthulhu_dequeue,
 	.dispatch = (void *)rthulhu_dispatch,
 	.running = (void *)rthulhu_running,
 	.stopping = (void *)rthulhu_stopping,
+	.update_idle = (void *)rthulhu_update_idle,
+	.cpu_release = (void *)rthulhu_cpu_release,
 	.init = (void *)rthulhu_init,
 	.exit = (void *)rthulhu_exit,
-	.flags = SCX_OPS_ENQ_LAST,
+	.flags = SCX_OPS_ENQ_LAST | SCX_OPS_KEEP_BUILTIN_IDLE,
 	.timeout_ms = 5000,
 	.name = "rthulhu",
 };

@@ -15,7 +15,13 @@ fn main() {
     SkeletonBuilder::new()
         .source(bpf.join("main.bpf.c"))
         .clang(&clang)
-        .clang_args(["-fms-extensions", "-Wno-microsoft-anon-tag", "-Wall", "-Werror"])
+        .clang_args([
+            "-fms-extensions",
+            "-Wno-microsoft-anon-tag",
+            "-Wall",
+            "-Werror",
+            "-mcpu=v3", // 32-bit atomics (task_ctx flags)
+        ])
         .build_and_generate(&out)
         .unwrap_or_else(|e| {
             panic!("building the BPF program with {clang} failed (install clang-19: tests/setup-deps): {e:#}")

@@ -8,7 +8,7 @@ use plugin_api::{
     Sched, SchedulerBox,
 };
 
-use crate::kernel::{ExitInfo, Kernel, KernelError, Wake};
+use crate::kernel::{ExitInfo, Kernel, KernelError, Liveness, Wake};
 
 /// A policy as the loop calls it: a loaded plugin ([`SchedulerBox`]) or, for
 /// benchmarks, the same policy linked in directly ([`Native`]).
@@ -132,6 +132,8 @@ pub struct Tick<'a> {
     pub stats: &'a LoopStats,
     /// The kernel side's counters.
     pub counters: Counters,
+    /// How the kernel side kept the machine live.
+    pub liveness: Liveness,
     /// Tasks the plugin holds.
     pub pending: u64,
     /// Counters the plugin publishes.
@@ -202,6 +204,7 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
             observe(Tick {
                 stats: &self.stats,
                 counters: self.kernel.counters(),
+                liveness: self.kernel.liveness(),
                 pending: self.pending,
                 plugin_counters,
             });
@@ -232,8 +235,10 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
         let mut host = Services(&mut self.kernel);
         // What the plugin holds; the host's default slice shrinks as it grows.
         let mut pending = Sched::with(&mut host, |s| policy.drain(s)).map_err(LoopError::Plugin)?;
-        let capacity = u64::from(host.0.nr_cpus()) * (1 + self.slices.queue_ahead);
-        let mut budget = capacity.saturating_sub(host.0.occupancy());
+        let mut budget = host
+            .0
+            .occupancy()
+            .budget(host.0.nr_cpus(), self.slices.queue_ahead);
         // With every CPU busy, the plugin may still pick a few tasks worth
         // preempting for (one per CPU at most per round).
         let mut preemptions = u64::from(host.0.nr_cpus());
@@ -264,8 +269,11 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
                 vtime,
                 flags: 0,
             };
-            if preempt {
-                d.flags |= DISPATCH_PREEMPT;
+            // Only a busy round may preempt, whatever the plugin's vtable says.
+            if busy {
+                if preempt {
+                    d.flags |= DISPATCH_PREEMPT;
+                }
                 preemptions -= 1;
             } else {
                 budget -= 1;

@@ -2,7 +2,9 @@
 //! sched_ext BPF program and the simulator.
 
 use plugin_api::{Counters, CpuTarget, DispatchedTask, QueuedTask};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::occupancy::Occupancy;
 
 /// Why the loop woke up.
 #[derive(Debug)]
@@ -105,10 +107,14 @@ pub trait Kernel {
     fn now_ns(&self) -> u64;
     /// Counters.
     fn counters(&self) -> Counters;
-    /// Tasks the kernel side has in hand: running, or dispatched and
-    /// waiting for a CPU. The loop keeps this at most
-    /// `nr_cpus * (1 + queue_ahead)` (see [`SliceOpts`](crate::dispatcher::SliceOpts)).
-    fn occupancy(&self) -> u64;
+    /// What the kernel side has in hand: running, dispatched and waiting
+    /// for a CPU, or still on its way. The loop keeps its total at most
+    /// `nr_cpus * (1 + queue_ahead)` (see [`Occupancy::budget`]).
+    fn occupancy(&self) -> Occupancy;
+    /// How the kernel side kept the machine live (fallbacks, rescues...).
+    fn liveness(&self) -> Liveness {
+        Liveness::default()
+    }
     /// Path of a cgroup by id, for plugins that select by cgroup.
     fn cgroup_path(&mut self, _cgroup_id: u64) -> Option<String> {
         None
@@ -117,6 +123,35 @@ pub trait Kernel {
     fn task_uid(&mut self, _tgid: i32) -> Option<u32> {
         None
     }
-    /// Tells the kernel side how many tasks the plugin still holds.
+    /// Ends a round: tells the kernel side how many tasks the plugin still
+    /// holds, and that the host is alive.
     fn set_scheduled(&mut self, pending: u64);
+}
+
+/// What the kernel side did to keep every CPU busy without the host, and how
+/// often the host was late. In a healthy run `rescues` and `bypassed` stay 0.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Liveness {
+    /// Tasks out to the host, not yet decided on.
+    pub held: u64,
+    /// Tasks inserted on the host's word, not yet running.
+    pub inflight: u64,
+    /// Wake-ups placed straight onto an idle CPU.
+    pub direct_dispatches: u64,
+    /// Decisions dropped: the task was rescued, dequeued or queued again since.
+    pub stale_dispatches: u64,
+    /// Times the last task of a CPU kept running instead of a round trip.
+    pub keep_running: u64,
+    /// Tasks handed back from a CPU an RT/DL task took.
+    pub reenqueued: u64,
+    /// Times a CPU idled a whole heartbeat while the host held tasks.
+    pub rescues: u64,
+    /// Tasks moved to the fallback queue by those rescues.
+    pub rescued: u64,
+    /// Tasks queued in kernel order while the host was late.
+    pub bypassed: u64,
+    /// Idle CPUs the heartbeat woke because work was queued.
+    pub idle_kicks: u64,
+    /// Times the kernel side woke the host.
+    pub host_wakeups: u64,
 }

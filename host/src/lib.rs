@@ -3,9 +3,11 @@
 
 pub mod bpf;
 pub mod config;
+pub mod cpus;
 pub mod dispatcher;
 pub mod input;
 pub mod kernel;
+pub mod occupancy;
 pub mod plugin;
 pub mod safety;
 pub mod sim;

@@ -322,6 +322,7 @@ fn observer(
         let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
         s.uptime_s = (now - start).as_secs_f64();
         s.kernel = t.counters.into();
+        s.liveness = t.liveness;
         s.host = stats::HostFigures {
             rounds: t.stats.rounds,
             decisions: t.stats.decisions,

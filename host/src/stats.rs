@@ -30,6 +30,9 @@ pub struct Snapshot {
     pub kernel: KernelFigures,
     /// The host loop's figures.
     pub host: HostFigures,
+    /// How the kernel side kept every CPU busy without the host.
+    #[serde(default)]
+    pub liveness: crate::kernel::Liveness,
     /// Counters the plugin publishes.
     pub plugin_counters: BTreeMap<String, u64>,
 }
@@ -257,6 +260,18 @@ pub fn line(s: &Snapshot) -> String {
         k.failed_dispatches,
         k.congested
     );
+    let v = &s.liveness;
+    l.push_str(&format!(
+        " | held {} direct {} keep {} stale {} rescues {} rescued {} bypassed {} reenqueued {}",
+        v.held,
+        v.direct_dispatches,
+        v.keep_running,
+        v.stale_dispatches,
+        v.rescues,
+        v.rescued,
+        v.bypassed,
+        v.reenqueued
+    ));
     for (name, value) in &s.plugin_counters {
         l.push_str(&format!(" | {name} {value}"));
     }

@@ -62,6 +62,29 @@ impl QueuedTask {
         String::from_utf8_lossy(&self.comm[..end])
     }
 
+    /// CPU time the task used since `last` (its [`exec_runtime`](Self::exec_runtime)
+    /// at its previous record), and `last` moved on to this record's. Charging
+    /// this, not `stop_ts - start_ts`, charges every run, including those that
+    /// never passed through the plugin (direct wake-ups onto idle CPUs, a lone
+    /// task kept running, the kernel's fallbacks). A recycled pid (runtime
+    /// lower than `last`) is charged nothing.
+    ///
+    /// ```
+    /// use plugin_api::QueuedTask;
+    /// let mut last = 0;
+    /// let mut t = QueuedTask::default();
+    /// t.exec_runtime = 3_000;
+    /// assert_eq!(t.ran_since(&mut last), 3_000);
+    /// t.exec_runtime = 5_000;
+    /// assert_eq!(t.ran_since(&mut last), 2_000);
+    /// assert_eq!(last, 5_000);
+    /// ```
+    pub fn ran_since(&self, last: &mut u64) -> u64 {
+        let ran = self.exec_runtime.saturating_sub(*last);
+        *last = self.exec_runtime;
+        ran
+    }
+
     /// Sets the command name, truncated to 15 bytes like the kernel does.
     pub fn set_comm(&mut self, name: &str) {
         self.comm = [0; COMM_LEN];

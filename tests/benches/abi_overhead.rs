@@ -80,8 +80,8 @@ impl Kernel for NullKernel {
     fn counters(&self) -> Counters {
         Counters::default()
     }
-    fn occupancy(&self) -> u64 {
-        0
+    fn occupancy(&self) -> rthulhu::occupancy::Occupancy {
+        Default::default()
     }
     fn set_scheduled(&mut self, _: u64) {}
 }

@@ -39,7 +39,7 @@ impl Kernel for Recording {
     fn counters(&self) -> Counters {
         self.inner.counters()
     }
-    fn occupancy(&self) -> u64 {
+    fn occupancy(&self) -> rthulhu::occupancy::Occupancy {
         self.inner.occupancy()
     }
     fn set_scheduled(&mut self, pending: u64) {

@@ -15,22 +15,27 @@ mod skel {
 }
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::ffi::CStr;
 use std::mem::{size_of, MaybeUninit};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{Link, OpenObject, ProgramInput, RingBuffer, RingBufferBuilder, UserRingBuffer};
+use libbpf_rs::{Link, OpenObject, RingBuffer, RingBufferBuilder, UserRingBuffer};
 use plugin_api::{Counters, CpuTarget, DispatchedTask, QueuedTask};
 
-use crate::kernel::{ExitInfo, ExitKind, Kernel, KernelError, Wake};
+use crate::kernel::{ExitInfo, ExitKind, Kernel, KernelError, Liveness, Wake};
+use crate::occupancy::Occupancy;
 use skel::{MainSkel, MainSkelBuilder};
 
 /// Exit code bit asking user space to restart the scheduler (`SCX_ECODE_ACT_RESTART`).
 pub const ECODE_RESTART: i64 = 1 << 48;
+
+/// Records in the kernel→host ring (`RTHULHU_RING_RECORDS` in intf.h).
+pub const RING_RECORDS: usize = 8192;
 
 /// Size of the kernel's exit dump we keep (`RTHULHU_EXIT_DUMP_LEN` in intf.h).
 const DUMP_LEN: u32 = 16384;
@@ -52,6 +57,15 @@ pub struct BpfOptions {
     pub heartbeat_ns: u64,
 }
 
+/// The kernel→host record (`struct rthulhu_queued` in bpf/intf.h): a
+/// [`QueuedTask`] and the generation its decision must carry back.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct QueuedRecord {
+    task: QueuedTask,
+    gen: u64,
+}
+
 /// The host→kernel decision record (`struct rthulhu_dispatched` in bpf/intf.h).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -61,23 +75,19 @@ struct DispatchedRecord {
     slice_ns: u64,
     vtime: u64,
     flags: u64,
-}
-
-/// `struct rthulhu_select_cpu` in bpf/intf.h.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-struct SelectCpuArg {
-    pid: i32,
-    prev_cpu: i32,
-    cpu: i32,
-    pad: i32,
+    gen: u64,
 }
 
 // Layouts shared with bpf/intf.h (which asserts the same sizes on its side).
 const _: () = assert!(size_of::<QueuedTask>() == 88);
 const _: () = assert!(std::mem::offset_of!(QueuedTask, comm) == 72);
-const _: () = assert!(size_of::<DispatchedRecord>() == 32);
-const _: () = assert!(size_of::<SelectCpuArg>() == 16);
+const _: () = assert!(size_of::<QueuedRecord>() == 96);
+const _: () = assert!(size_of::<DispatchedRecord>() == 40);
+
+/// Tasks the host expects to hold at most at once before its maps grow
+/// (`RTHULHU_MAX_HELD` in intf.h): sized up front, so the loop does not
+/// allocate in the steady state.
+const MAX_HELD: usize = 65536;
 
 /// Set by SIGINT/SIGTERM.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -113,12 +123,13 @@ pub struct BpfKernel<'obj> {
     nr_cpus: u32,
     /// Decisions written to the dispatch ring so far.
     submitted: u64,
+    /// Generation of the record each task the plugin holds came with.
+    gens: HashMap<i32, u64>,
     cgroups: cgroups::CgroupPaths,
 }
 
-#[derive(Default)]
 struct Inbox {
-    tasks: VecDeque<QueuedTask>,
+    tasks: VecDeque<QueuedRecord>,
     woken: bool,
 }
 
@@ -145,17 +156,20 @@ impl<'obj> BpfKernel<'obj> {
         ops.exit_dump_len = DUMP_LEN;
         let skel = open.load().map_err(err("loading the BPF program"))?;
 
-        let inbox = Rc::new(RefCell::new(Inbox::default()));
+        let inbox = Rc::new(RefCell::new(Inbox {
+            tasks: VecDeque::with_capacity(crate::bpf::RING_RECORDS),
+            woken: false,
+        }));
         let sink = inbox.clone();
         let mut rb = RingBufferBuilder::new();
         rb.add(&skel.maps.queued, move |data: &[u8]| {
             let mut inbox = sink.borrow_mut();
-            if data.len() < size_of::<QueuedTask>() {
+            if data.len() < size_of::<QueuedRecord>() {
                 return 0;
             }
-            // SAFETY: the record has QueuedTask's layout (checked above and in intf.h).
-            let t: QueuedTask = unsafe { std::ptr::read_unaligned(data.as_ptr().cast()) };
-            if t.pid == 0 {
+            // SAFETY: the record has QueuedRecord's layout (checked above and in intf.h).
+            let t: QueuedRecord = unsafe { std::ptr::read_unaligned(data.as_ptr().cast()) };
+            if t.task.pid == 0 {
                 inbox.woken = true;
             } else {
                 inbox.tasks.push_back(t);
@@ -172,8 +186,9 @@ impl<'obj> BpfKernel<'obj> {
             inbox,
             dispatched,
             link: None,
-            nr_cpus: libbpf_rs::num_possible_cpus().unwrap_or(1) as u32,
+            nr_cpus: crate::cpus::online_count().map_err(KernelError)?,
             submitted: 0,
+            gens: HashMap::with_capacity(MAX_HELD),
             cgroups: cgroups::CgroupPaths::default(),
         })
     }
@@ -197,8 +212,9 @@ impl<'obj> BpfKernel<'obj> {
 
     fn exit_info(&self) -> Option<ExitInfo> {
         let bss = self.skel.maps.bss_data.as_deref()?;
-        // SAFETY: plain reads of a field the BPF exit callback writes last.
-        let kind = unsafe { std::ptr::read_volatile(&bss.exit_info.kind) };
+        // Acquire pairs with the exit callback's release store of `kind`,
+        // which it writes last.
+        let kind = atomic_load(&bss.exit_info.kind);
         if kind == 0 {
             return None;
         }
@@ -274,7 +290,9 @@ impl Kernel for BpfKernel<'_> {
             self.ring.consume_raw();
             inbox = self.inbox.borrow_mut();
         }
-        inbox.tasks.pop_front()
+        let rec = inbox.tasks.pop_front()?;
+        self.gens.insert(rec.task.pid, rec.gen);
+        Some(rec.task)
     }
 
     fn dispatch(&mut self, d: &DispatchedTask) -> Result<(), KernelError> {
@@ -284,6 +302,9 @@ impl Kernel for BpfKernel<'_> {
             slice_ns: d.slice_ns,
             vtime: d.vtime,
             flags: d.flags,
+            // A task the plugin holds twice (a stale duplicate) gets gen 0,
+            // which BPF never hands out: it drops that decision.
+            gen: self.gens.remove(&d.pid).unwrap_or(0),
         };
         let mut sample = self
             .dispatched
@@ -293,31 +314,19 @@ impl Kernel for BpfKernel<'_> {
         unsafe { std::ptr::write_unaligned(sample.as_mut_ptr().cast(), rec) };
         self.dispatched
             .submit(sample)
-            .map_err(|e| KernelError(format!("dispatch ring: {e}")))
+            .map_err(|e| KernelError(format!("dispatch ring: {e}")))?;
+        self.submitted += 1;
+        if let Some(b) = self.skel.maps.bss_data.as_deref_mut() {
+            atomic_store(&mut b.host_submitted, self.submitted);
+        }
+        Ok(())
     }
 
-    fn default_select_cpu(&mut self, task: &QueuedTask) -> CpuTarget {
-        let mut arg = SelectCpuArg {
-            pid: task.pid,
-            prev_cpu: task.cpu,
-            ..Default::default()
-        };
-        // SAFETY: SelectCpuArg is plain old data of the size BPF expects.
-        let bytes = unsafe {
-            std::slice::from_raw_parts_mut(
-                (&mut arg as *mut SelectCpuArg).cast::<u8>(),
-                size_of::<SelectCpuArg>(),
-            )
-        };
-        let input = ProgramInput {
-            context_in: Some(bytes),
-            ..Default::default()
-        };
-        let prog = &self.skel.progs.default_select_cpu;
-        match prog.test_run(input) {
-            Ok(_) if arg.cpu >= 0 => CpuTarget::Cpu(arg.cpu as u32),
-            _ => CpuTarget::Any,
-        }
+    /// Any CPU: BPF inserts the task into the shared queue and wakes an
+    /// idle CPU it may run on, its last one first, when the decision lands
+    /// (no syscall per decision, and the pick is fresh, not a round old).
+    fn default_select_cpu(&mut self, _task: &QueuedTask) -> CpuTarget {
+        CpuTarget::Any
     }
 
     fn nr_cpus(&self) -> u32 {
@@ -337,25 +346,43 @@ impl Kernel for BpfKernel<'_> {
     fn counters(&self) -> Counters {
         let b = self.bss();
         Counters {
-            nr_queued: self.inbox.borrow().tasks.len() as u64,
-            nr_scheduled: b.nr_scheduled,
-            nr_running: b.nr_running,
-            nr_online_cpus: b.nr_online_cpus,
-            nr_user_dispatches: b.nr_user_dispatches,
-            nr_kernel_dispatches: b.nr_kernel_dispatches,
-            nr_bounce_dispatches: b.nr_bounce_dispatches,
-            nr_failed_dispatches: b.nr_failed_dispatches,
-            nr_sched_congested: b.nr_sched_congested,
+            nr_queued: atomic_load(&b.nr_queued) + self.inbox.borrow().tasks.len() as u64,
+            nr_scheduled: atomic_load(&b.nr_scheduled),
+            nr_running: atomic_load(&b.nr_running),
+            nr_online_cpus: u64::from(self.nr_cpus),
+            nr_user_dispatches: atomic_load(&b.nr_user_dispatches),
+            nr_kernel_dispatches: atomic_load(&b.nr_kernel_dispatches),
+            nr_bounce_dispatches: atomic_load(&b.nr_bounce_dispatches),
+            nr_failed_dispatches: atomic_load(&b.nr_failed_dispatches),
+            nr_sched_congested: atomic_load(&b.nr_sched_congested),
         }
     }
 
-    fn occupancy(&self) -> u64 {
+    fn occupancy(&self) -> Occupancy {
         let b = self.bss();
-        // Sent but not yet taken by BPF: still on their way to a CPU.
-        let in_flight = self
-            .submitted
-            .saturating_sub(b.nr_user_dispatches + b.nr_failed_dispatches);
-        b.nr_running + in_flight
+        Occupancy::new(
+            atomic_load(&b.nr_running),
+            atomic_load(&b.nr_inflight),
+            self.submitted,
+            atomic_load(&b.nr_drained),
+        )
+    }
+
+    fn liveness(&self) -> Liveness {
+        let b = self.bss();
+        Liveness {
+            held: atomic_load(&b.nr_held),
+            inflight: atomic_load(&b.nr_inflight),
+            direct_dispatches: atomic_load(&b.nr_direct_dispatches),
+            stale_dispatches: atomic_load(&b.nr_stale_dispatches),
+            keep_running: atomic_load(&b.nr_keep_running),
+            reenqueued: atomic_load(&b.nr_reenqueued),
+            rescues: atomic_load(&b.nr_rescues),
+            rescued: atomic_load(&b.nr_rescued),
+            bypassed: atomic_load(&b.nr_bypassed),
+            idle_kicks: atomic_load(&b.nr_idle_kicks),
+            host_wakeups: atomic_load(&b.nr_host_wakeups),
+        }
     }
 
     fn cgroup_path(&mut self, cgroup_id: u64) -> Option<String> {
@@ -369,9 +396,51 @@ impl Kernel for BpfKernel<'_> {
     }
 
     fn set_scheduled(&mut self, pending: u64) {
+        let now = self.now_ns();
         if let Some(b) = self.skel.maps.bss_data.as_deref_mut() {
-            b.nr_scheduled = pending;
+            atomic_store(&mut b.nr_scheduled, pending);
+            // The heartbeat reads this to tell a late host from a busy machine.
+            atomic_store(&mut b.host_progress_ns, now);
         }
+    }
+}
+
+/// Reads a word BPF updates concurrently.
+fn atomic_load<T: AtomicWord>(v: &T) -> T {
+    T::load(v)
+}
+
+/// Writes a word BPF reads concurrently.
+fn atomic_store<T: AtomicWord>(v: &mut T, x: T) {
+    T::store(v, x)
+}
+
+/// Words shared with BPF, accessed through the atomic type of their size so
+/// that neither side's accesses are torn or reordered away.
+trait AtomicWord: Copy {
+    fn load(v: &Self) -> Self;
+    fn store(v: &mut Self, x: Self);
+}
+
+impl AtomicWord for u64 {
+    fn load(v: &u64) -> u64 {
+        // SAFETY: aligned u64 in the mapped bss, alive as long as `v`.
+        unsafe { AtomicU64::from_ptr(v as *const u64 as *mut u64) }.load(Ordering::Acquire)
+    }
+    fn store(v: &mut u64, x: u64) {
+        // SAFETY: as above; `&mut` proves the pointer is valid for writes.
+        unsafe { AtomicU64::from_ptr(v) }.store(x, Ordering::Release)
+    }
+}
+
+impl AtomicWord for i32 {
+    fn load(v: &i32) -> i32 {
+        // SAFETY: aligned i32 in the mapped bss, alive as long as `v`.
+        unsafe { AtomicI32::from_ptr(v as *const i32 as *mut i32) }.load(Ordering::Acquire)
+    }
+    fn store(v: &mut i32, x: i32) {
+        // SAFETY: as above.
+        unsafe { AtomicI32::from_ptr(v) }.store(x, Ordering::Release)
     }
 }
 

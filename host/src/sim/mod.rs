@@ -17,6 +17,7 @@ use plugin_api::{Counters, CpuTarget, DispatchedTask, QueuedTask, ENQ_WAKEUP};
 
 use crate::dispatcher::DISPATCH_PREEMPT;
 use crate::kernel::{ExitInfo, ExitKind, Kernel, KernelError, Wake};
+use crate::occupancy::Occupancy;
 use report::{GroupReport, Latencies};
 use rng::Rng;
 use workload::{Behaviour, Workload};
@@ -566,8 +567,13 @@ impl Kernel for Simulator {
         }
     }
 
-    fn occupancy(&self) -> u64 {
-        self.counters.nr_running + (self.local_queued + self.shared.len()) as u64
+    fn occupancy(&self) -> Occupancy {
+        // Decisions land at once here: nothing is ever on its way.
+        Occupancy {
+            running: self.counters.nr_running,
+            inflight: (self.local_queued + self.shared.len()) as u64,
+            unsent: 0,
+        }
     }
 
     fn cgroup_path(&mut self, cgroup_id: u64) -> Option<String> {

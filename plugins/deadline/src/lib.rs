@@ -48,6 +48,8 @@ impl Default for Settings {
 #[derive(Debug, Clone, Copy, Default)]
 struct TaskState {
     vruntime: u64,
+    /// Its `exec_runtime` at its last record (see `QueuedTask::ran_since`).
+    runtime: u64,
     /// CPU time since the task last woke up.
     burst: u64,
     /// Average of its recent bursts.
@@ -83,9 +85,11 @@ impl Deadline {
         let now = self.vtime_now;
         let st = self.tasks.entry(t.pid).or_insert(TaskState {
             vruntime: now,
+            runtime: t.exec_runtime,
             ..TaskState::default()
         });
-        let ran = t.stop_ts.saturating_sub(t.start_ts);
+        // Every run since the last record, not only the last one.
+        let ran = t.ran_since(&mut st.runtime);
         st.vruntime += Self::scaled(ran, t.weight);
         st.burst += ran;
         st.seen = self.rounds;
@@ -216,12 +220,19 @@ mod tests {
         h
     }
 
+    /// A record of `pid` after running `ran_us` more (its runtime is cumulative).
     fn rec(pid: i32, ran_us: u64, wakeup: bool) -> QueuedTask {
+        thread_local!(static RUNTIME: std::cell::RefCell<HashMap<i32, u64>> = Default::default());
+        let exec_runtime = RUNTIME.with(|r| {
+            let mut r = r.borrow_mut();
+            let total = r.entry(pid).or_default();
+            *total += ran_us * 1000;
+            *total
+        });
         QueuedTask {
             pid,
             weight: 100,
-            start_ts: 0,
-            stop_ts: ran_us * 1000,
+            exec_runtime,
             flags: if wakeup { ENQ_WAKEUP } else { 0 },
             ..Default::default()
         }

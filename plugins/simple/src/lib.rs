@@ -1,11 +1,13 @@
 //! `simple`: Gthulhu's simple policy as an Rthulhu plugin.
 //!
-//! `mode = "vtime"` (default) orders the pool by weighted virtual time; a task
+//! `mode = "vtime"` (default) orders the pool by weighted virtual time,
+//! charged with all the CPU time a task used since its last record; a task
 //! that slept gets at most one slice of credit, so sleepers run soon without
-//! starving others. `mode = "fifo"` runs tasks in arrival order. Every task
-//! goes to whichever CPU frees up first.
+//! starving others, and a task the plugin meets for the first time (a fork)
+//! starts at the pack's virtual time, never ahead of it. `mode = "fifo"` runs
+//! tasks in arrival order. Every task goes to whichever CPU frees up first.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use plugin_api::{CpuTarget, CustomScheduler, QueuedTask, Sched, ENQ_WAKEUP, WEIGHT_NICE_0};
 use serde::Deserialize;
@@ -52,14 +54,29 @@ pub struct Simple {
     /// Smallest vtime handed out so far: the "now" of virtual time.
     min_vtime: u64,
     arrivals: u64,
+    /// Per task: its runtime at its last record, and the arrival it came with.
+    runtimes: HashMap<i32, (u64, u64)>,
 }
+
+/// Tasks remembered before old entries are dropped (a task not seen for this
+/// many arrivals is treated as new when it comes back: placed at the pack).
+const REMEMBER: usize = 65536;
 
 impl Simple {
     /// Charges the last run to the task's vtime, weighted; a task waking
     /// from sleep is first brought up to at most one slice behind the pack.
     fn charge(&mut self, t: &mut QueuedTask) {
-        let ran = t.stop_ts.saturating_sub(t.start_ts);
+        let arrival = self.arrivals;
         let weight = t.weight.max(1);
+        let Some((last, seen)) = self.runtimes.get_mut(&t.pid) else {
+            // First record: a fork (whose kernel vtime starts at 0) or a task
+            // that ran before we attached. Either starts with the pack.
+            t.vtime = t.vtime.max(self.min_vtime);
+            self.remember(t.pid, t.exec_runtime, arrival);
+            return;
+        };
+        *seen = arrival;
+        let ran = t.ran_since(last);
         if t.flags & ENQ_WAKEUP != 0 {
             let credit = if self.slice_ns > 0 {
                 self.slice_ns
@@ -68,7 +85,15 @@ impl Simple {
             };
             t.vtime = t.vtime.max(self.min_vtime.saturating_sub(credit));
         }
-        t.vtime += ran * WEIGHT_NICE_0 / weight;
+        t.vtime += ran.saturating_mul(WEIGHT_NICE_0) / weight;
+    }
+
+    fn remember(&mut self, pid: i32, runtime: u64, arrival: u64) {
+        if self.runtimes.len() >= 2 * REMEMBER {
+            let horizon = arrival.saturating_sub(REMEMBER as u64);
+            self.runtimes.retain(|_, (_, seen)| *seen >= horizon);
+        }
+        self.runtimes.insert(pid, (runtime, arrival));
     }
 }
 
@@ -85,6 +110,7 @@ impl CustomScheduler for Simple {
             slice_ns: s.slice_us * 1000,
             min_vtime: 0,
             arrivals: 0,
+            runtimes: HashMap::with_capacity(2 * REMEMBER),
         })
     }
 
@@ -150,27 +176,35 @@ mod tests {
     use super::*;
     use plugin_api::testing::TestHost;
 
-    fn task(pid: i32, vtime: u64, ran: u64, weight: u64) -> QueuedTask {
+    fn task(pid: i32, vtime: u64, exec_runtime: u64, weight: u64) -> QueuedTask {
         QueuedTask {
             pid,
             vtime,
-            start_ts: 0,
-            stop_ts: ran,
+            exec_runtime,
             weight,
             ..Default::default()
         }
     }
 
-    fn order(config: &str, tasks: Vec<QueuedTask>) -> Vec<i32> {
-        let mut s = Simple::new(config).unwrap();
+    /// Drains `rounds` of records in turn, then empties the pool.
+    fn order_after(s: &mut Simple, rounds: Vec<Vec<QueuedTask>>) -> Vec<i32> {
         let mut host = TestHost::new(1);
-        host.queue = tasks.into();
-        Sched::with(&mut host, |sched| {
-            s.drain_queued_tasks(sched);
-            std::iter::from_fn(|| s.select_queued_task(sched))
-                .map(|t| t.pid)
-                .collect()
-        })
+        let mut out = Vec::new();
+        for tasks in rounds {
+            host.queue = tasks.into();
+            out = Sched::with(&mut host, |sched| {
+                s.drain_queued_tasks(sched);
+                std::iter::from_fn(|| s.select_queued_task(sched))
+                    .map(|t| t.pid)
+                    .collect()
+            });
+        }
+        out
+    }
+
+    fn order(config: &str, tasks: Vec<QueuedTask>) -> Vec<i32> {
+        let first: Vec<_> = tasks.iter().map(|t| task(t.pid, 0, 0, t.weight)).collect();
+        order_after(&mut Simple::new(config).unwrap(), vec![first, tasks])
     }
 
     #[test]
@@ -184,6 +218,28 @@ mod tests {
         // Same runtime: the heavier task is charged less and goes first.
         let tasks = vec![task(1, 0, 1_000_000, 100), task(2, 0, 1_000_000, 1000)];
         assert_eq!(order("", tasks), vec![2, 1]);
+    }
+
+    #[test]
+    fn charges_every_run_since_the_last_record() {
+        // Task 1 ran 3 ms in runs the plugin never saw; task 2 ran 1 ms.
+        let mut s = Simple::new("").unwrap();
+        let seen = vec![task(1, 0, 0, 100), task(2, 0, 0, 100)];
+        let later = vec![task(1, 0, 3_000_000, 100), task(2, 0, 1_000_000, 100)];
+        assert_eq!(order_after(&mut s, vec![seen, later]), vec![2, 1]);
+    }
+
+    #[test]
+    fn a_fork_starts_with_the_pack_not_at_vtime_zero() {
+        let mut s = Simple::new("").unwrap();
+        // An old task runs up to vtime 50 ms; then it and a fresh fork
+        // (kernel vtime 0, no wake-up flag) queue together.
+        let old = vec![task(1, 0, 0, 100)];
+        let ran = vec![task(1, 50_000_000, 0, 100)];
+        let both = vec![task(1, 50_000_000, 0, 100), task(2, 0, 0, 100)];
+        order_after(&mut s, vec![old, ran]);
+        let picked = order_after(&mut s, vec![both]);
+        assert_eq!(picked, vec![1, 2], "the fork must not jump the queue");
     }
 
     #[test]

@@ -48,6 +48,8 @@ struct Identity {
 #[derive(Debug, Clone, Copy, Default)]
 struct TaskState {
     vruntime: u64,
+    /// Its `exec_runtime` at its last record (see `QueuedTask::ran_since`).
+    runtime: u64,
     /// CPU time since the task last woke up.
     burst: u64,
     seen: u64,
@@ -207,9 +209,11 @@ impl CustomScheduler for StrategyPolicy {
             );
             let st = self.tasks.entry(t.pid).or_insert(TaskState {
                 vruntime: vtime_now,
+                runtime: t.exec_runtime,
                 ..Default::default()
             });
-            let ran = t.stop_ts.saturating_sub(t.start_ts);
+            // Every run since the last record, not only the last one.
+            let ran = t.ran_since(&mut st.runtime);
             st.vruntime += ran.saturating_mul(WEIGHT_NICE_0) / t.weight.max(1);
             st.seen = rounds;
             if t.flags & ENQ_WAKEUP != 0 {

@@ -92,7 +92,7 @@ fn a_prioritised_hog_loses_priority_and_waiters_are_not_starved() {
     // It ran 2 ms without sleeping: demoted below the other task.
     let mut hog = task(1, 1, "yes", 1);
     hog.flags = 0;
-    hog.stop_ts = 2_000_000;
+    hog.exec_runtime = 2_000_000;
     host.queue.extend([hog, task(2, 2, "other", 1)]);
     assert_eq!(run(&mut p, &mut host)[0].0, 2);
     // Aging: a task waiting past max_wait_ms runs before a prioritised one.

@@ -1,0 +1,232 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR MIT
+# Liveness torture, run inside the guest (one boot for all cases):
+#   liveness.sh BIN_DIR CASES SCHEDULER...
+# CASES: comma-separated case names (below) or "all"; SCHEDULER: eevdf (the
+# kernel's own, the reference: run first) or a shipped plugin name.
+#
+# Every case runs a workload beside a progress probe (a task that asks to wake
+# every 10 ms and records how late it woke) once per scheduler. A case passes
+# when the workload ends, the scheduler was not ejected and stayed attached,
+# and the probe's worst lateness stays within a bound set from EEVDF's figure
+# in this same run: 3 × EEVDF's + 200 ms (the floor absorbs emulation noise;
+# a frozen or starving CPU shows up as seconds).
+set -u
+bin=$1
+IFS=, read -r -a cases <<<"$2"
+shift 2
+scheds=("$@")
+[ "${cases[*]}" = all ] && cases=(staggered fork rt pinned herd stopped)
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+# shared/repro/staggered-hogs.sh, kept byte for byte (a cargo test checks).
+repro=$repo/tests/vm/staggered-hogs.sh
+scx=/sys/kernel/sched_ext
+logs=${RTHULHU_VM_OUT:-$(mktemp -d)}
+work=$(mktemp -d)
+cd "$work" || exit 1
+ncpu=$(nproc)
+passed=0
+failed=0
+declare -A eevdf_late
+
+ok() { echo "ok - $1"; passed=$((passed + 1)); }
+fail() { echo "FAIL - $1: $2"; failed=$((failed + 1)); }
+state() { cat $scx/state 2>/dev/null; }
+wait_state() { # STATE TENTHS
+	local n=${2:-100}
+	while [ "$n" -gt 0 ]; do
+		[ "$(state)" = "$1" ] && return 0
+		sleep 0.1
+		n=$((n - 1))
+	done
+	return 1
+}
+# Last value of a "--stats" field ("rescues", "stale"...) in a host log.
+stat_of() { sed -n "s/.* $2 \([0-9][0-9]*\).*/\1/p" "$1" | tail -1; }
+
+host_pid=
+# start_sched SCHED LOG: attaches the plugin (no-op for eevdf); false if it did not attach.
+start_sched() {
+	host_pid=
+	[ "$1" = eevdf ] && return 0
+	"$bin/host" --plugin "$bin/lib$1.so" --stats 1 >"$2" 2>&1 &
+	host_pid=$!
+	wait_state enabled 300
+}
+# stop_sched LOG: detaches; sets $host_rc.
+stop_sched() {
+	host_rc=0
+	[ -n "$host_pid" ] || return 0
+	kill -INT "$host_pid" 2>/dev/null
+	wait "$host_pid"
+	host_rc=$?
+	wait_state disabled 50
+}
+
+# --- the cases: each runs its workload and returns non-zero if it did not end well.
+
+# The reproducer of the freeze at 5e50fb7, run as it is. It starts the host
+# itself and then waits for every child, the host included: once its second
+# pair of hogs has finished, we detach the host (as an operator would), and
+# the script goes on.
+case_staggered() {
+	local s=$1 out=$work/staggered.out n=0
+	rm -f /tmp/new.txt /tmp/old.txt /tmp/h.log
+	sh "$repro" "$repo" "$s" >"$out" 2>&1 &
+	local script=$!
+	if [ "$s" != eevdf ]; then
+		while [ $n -lt 600 ] && ! grep -q "stress-ng: info: .*successful run completed" /tmp/new.txt 2>/dev/null; do
+			sleep 0.1
+			n=$((n + 1))
+		done
+		sleep 1
+		pkill -INT -f "^$repo/target/release/host --plugin" 2>/dev/null
+	fi
+	wait $script
+	local rc=$?
+	ticks=$(grep -c '^tick ' "$out")
+	cp "$out" "$logs/staggered-$s.out"
+	[ $rc -eq 0 ] && grep -q '^NEW: .* cpu ' "$out" && grep -q '^OLD: .* cpu ' "$out" &&
+		[ "$ticks" -ge 4 ] || return 1
+	# Attached all along (the reproducer prints the state with every tick).
+	[ "$s" = eevdf ] || ! grep -q 'tick .* disabled' "$out"
+}
+
+# CPU hogs and a fork/exit storm.
+case_fork() {
+	stress-ng --cpu "$ncpu" -t 10 >/dev/null 2>&1 &
+	local hogs=$!
+	stress-ng --fork 2 -t 10 >/dev/null 2>&1
+	local rc=$?
+	wait $hogs && [ $rc -eq 0 ]
+}
+
+# A SCHED_FIFO hog pinned to the last CPU for longer than the watchdog's
+# timeout (5 s) while ordinary tasks are queued there.
+case_rt() {
+	local last=$((ncpu - 1))
+	stress-ng --cpu "$ncpu" -t 10 >/dev/null 2>&1 &
+	local hogs=$!
+	sleep 1
+	# timeout itself stays an ordinary task: pinned beside the hog at the same
+	# RT priority it would never run again.
+	timeout 7 chrt -f 50 taskset -c "$last" sh -c 'while :; do :; done'
+	wait $hogs
+}
+
+# Pinned hogs, and hogs whose affinity, nice level and cgroup keep changing.
+case_pinned() {
+	local pids=() i end
+	for i in $(seq 0 $((ncpu - 1))); do
+		taskset -c "$i" stress-ng --cpu 1 -t 10 >/dev/null 2>&1 &
+		pids+=($!)
+	done
+	stress-ng --cpu "$ncpu" -t 10 >/dev/null 2>&1 &
+	local movers=$!
+	mkdir -p /sys/fs/cgroup/rthulhu-a /sys/fs/cgroup/rthulhu-b
+	end=$((SECONDS + 9))
+	i=0
+	while [ $SECONDS -lt $end ]; do
+		for t in $(pgrep -f 'stress-ng-cpu' | shuf -n 2); do
+			taskset -p "$(printf %x $((1 << (RANDOM % ncpu))))" "$t" >/dev/null 2>&1
+			renice -n $((RANDOM % 10)) -p "$t" >/dev/null 2>&1
+			echo "$t" >/sys/fs/cgroup/rthulhu-$([ $((i % 2)) = 0 ] && echo a || echo b)/cgroup.threads 2>/dev/null
+			i=$((i + 1))
+		done
+		sleep 0.05
+	done
+	local rc=0
+	wait "${pids[@]}" || rc=1
+	wait $movers || rc=1
+	for t in $(cat /sys/fs/cgroup/rthulhu-a/cgroup.threads /sys/fs/cgroup/rthulhu-b/cgroup.threads 2>/dev/null); do
+		echo "$t" >/sys/fs/cgroup/cgroup.threads 2>/dev/null
+	done
+	rmdir /sys/fs/cgroup/rthulhu-a /sys/fs/cgroup/rthulhu-b 2>/dev/null
+	return $rc
+}
+
+# 1000 sleeping threads woken at once, three times, beside CPU hogs.
+case_herd() {
+	stress-ng --cpu "$ncpu" -t 10 >/dev/null 2>&1 &
+	local hogs=$! rc=0 r
+	for r in 1 2 3; do
+		timeout 60 "$bin/herd" 1000 200 >>"$work/herd.out" || rc=1
+	done
+	wait $hogs && [ $rc -eq 0 ]
+}
+
+# The host SIGSTOPped for 3 s under load, then continued.
+case_stopped() {
+	stress-ng --cpu $((2 * ncpu)) -t 10 >/dev/null 2>&1 &
+	local hogs=$!
+	sleep 2
+	[ -n "$host_pid" ] && kill -STOP "$host_pid"
+	sleep 3
+	[ -n "$host_pid" ] && kill -CONT "$host_pid"
+	wait $hogs
+}
+
+declare -A title=(
+	[staggered]="staggered hogs" [fork]="fork storm" [rt]="RT hog"
+	[pinned]="pinned and moved" [herd]="thundering herd" [stopped]="host stopped"
+)
+declare -A probe_s=([staggered]=40 [fork]=11 [rt]=11 [pinned]=11 [herd]=11 [stopped]=11)
+
+for c in "${cases[@]}"; do
+	name="liveness: ${title[$c]:-$c}"
+	[ "$ncpu" -gt 2 ] && name="liveness: $ncpu vCPUs: ${title[$c]:-$c}"
+	for s in "${scheds[@]}"; do
+		log=$logs/liveness-$c-$s.log
+		host_pid=
+		# The reproducer attaches the host itself.
+		if [ "$c" != staggered ] && ! start_sched "$s" "$log"; then
+			fail "$name [$s]" "did not attach: $(tail -3 "$log")"
+			stop_sched "$log"
+			continue
+		fi
+		"$bin/probe" 10 "${probe_s[$c]}" >"$work/probe.out" &
+		probe=$!
+		start=$SECONDS
+		"case_$c" "$s"
+		case_rc=$?
+		wait $probe
+		took=$((SECONDS - start))
+		attached=yes
+		if [ "$s" != eevdf ] && [ "$c" != staggered ] && [ "$(state)" != enabled ]; then attached=no; fi
+		stop_sched "$log"
+		[ "$c" = staggered ] && [ "$s" != eevdf ] && cp /tmp/h.log "$log" 2>/dev/null
+		late=$(sed -n 's/.*late_max_us \([0-9]*\).*/\1/p' "$work/probe.out")
+		late=${late:-999999999}
+		ejected=no
+		grep -aq 'ejected' "$log" 2>/dev/null && ejected=yes
+		figures="probe worst $((late / 1000)) ms, ran ${took}s"
+		[ "$s" != eevdf ] && figures="$figures, rescues $(stat_of "$log" rescues), rescued $(stat_of "$log" rescued), reenqueued $(stat_of "$log" reenqueued), stale $(stat_of "$log" stale)"
+		[ "$c" = staggered ] && figures="$figures, ticks $ticks"
+		if [ "$s" = eevdf ]; then
+			eevdf_late[$c]=$late
+			if [ $case_rc -eq 0 ]; then ok "$name [eevdf, reference]: $figures"; else fail "$name [eevdf]" "workload failed ($figures)"; fi
+			continue
+		fi
+		ref=${eevdf_late[$c]:-}
+		if [ -z "$ref" ]; then
+			fail "$name [$s]" "no EEVDF reference in this run"
+			continue
+		fi
+		bound=$((3 * ref + 200000))
+		figures="$figures; bound $((bound / 1000)) ms from EEVDF's $((ref / 1000)) ms, ejected $ejected"
+		if [ $case_rc -ne 0 ]; then
+			fail "$name [$s]" "workload did not end well ($figures): $(tail -3 "$log")"
+		elif [ $ejected = yes ] || [ $attached = no ] || [ $host_rc -ne 0 ]; then
+			fail "$name [$s]" "ejected or detached (host rc $host_rc, $figures): $(grep -a ejected "$log" | head -2)"
+		elif [ "$late" -gt "$bound" ]; then
+			fail "$name [$s]" "probe too late ($figures)"
+		elif [ "$c" = stopped ] && [ "$(stat_of "$log" rescues)" = 0 ]; then
+			fail "$name [$s]" "the host was stopped but nothing was rescued ($figures)"
+		else
+			ok "$name [$s]: $figures"
+		fi
+	done
+done
+
+echo "liveness: $passed passed, $failed failed"
+[ $failed -eq 0 ]
