@@ -10,15 +10,17 @@
  * local queue. Never: the host's own threads (it cannot wait on itself),
  * kernel threads (memory reclaim, RCU, writeback and the sched_ext watchdog's
  * work item run in them, and the host's syscalls may wait on any of them),
- * and tasks handed back from a CPU that an RT/DL task took.
+ * and tasks handed back from a CPU they could not run on at once (an RT/DL
+ * task took it: local queues hold only a task that runs now, see .flags).
  *
  * Liveness. A CPU that finds nothing to run while tasks are held wakes the
- * host. The heartbeat timer (one per heartbeat_ns) looks at every CPU: if one
- * has been idle for a whole heartbeat while tasks are held, the host is late
- * (slow, stopped, stuck in a plugin or simply not told) and the held tasks
- * that waited that long are *rescued*: moved, in arrival order, into the
- * fallback queue, which every CPU serves first. If the host has not finished
- * a round for a heartbeat either, new tasks *bypass* it until it does. The
+ * host, and so does the heartbeat timer (every heartbeat_ns) while it holds
+ * any. If a CPU has been idle for a whole heartbeat while tasks are held, the
+ * held tasks that waited that long are *rescued*: moved into the fallback
+ * queue, which every CPU serves first. If the host has not finished a round
+ * for two heartbeats while it holds tasks, it is late (stopped, stuck in a
+ * plugin, too slow): all it holds is rescued, and new tasks *bypass* it until
+ * it finishes a round again. The
  * heartbeat also kicks idle CPUs while any queue has work, so an idle CPU the
  * kernel's idle pick missed does not stay idle. A decision that arrives for a
  * task that was rescued, dequeued or queued again since its record carries an
@@ -42,6 +44,7 @@
 #define __always_inline inline __attribute__((always_inline))
 
 #define PF_KTHREAD 0x00200000
+#define MAX_RT_PRIO 100 /* prio below this: an RT or deadline task */
 #define CLOCK_MONOTONIC 1
 
 /* Helpers, by their ids from the kernel's enum bpf_func_id (in vmlinux.h). */
@@ -73,14 +76,17 @@ extern void scx_bpf_kick_cpu(s32 cpu, u64 flags) __ksym;
 extern u32 scx_bpf_dispatch_nr_slots(void) __ksym;
 extern s32 scx_bpf_dsq_nr_queued(u64 dsq_id) __ksym;
 extern s32 scx_bpf_pick_idle_cpu(const struct cpumask *cpus_allowed, u64 flags) __ksym;
+extern s32 scx_bpf_pick_any_cpu(const struct cpumask *cpus_allowed, u64 flags) __ksym;
+extern struct task_struct *scx_bpf_cpu_curr(s32 cpu) __ksym;
 extern bool scx_bpf_test_and_clear_cpu_idle(s32 cpu) __ksym;
 extern u32 scx_bpf_nr_cpu_ids(void) __ksym;
 extern s32 scx_bpf_task_cpu(const struct task_struct *p) __ksym;
 extern bool scx_bpf_task_set_dsq_vtime(struct task_struct *p, u64 vtime) __ksym;
-extern u32 scx_bpf_reenqueue_local(void) __ksym;
 extern struct task_struct *bpf_task_from_pid(s32 pid) __ksym;
 extern void bpf_task_release(struct task_struct *p) __ksym;
 extern bool bpf_cpumask_test_cpu(u32 cpu, const struct cpumask *cpumask) __ksym;
+extern void bpf_rcu_read_lock(void) __ksym;
+extern void bpf_rcu_read_unlock(void) __ksym;
 
 char _license[] SEC("license") = "Dual BSD/GPL";
 
@@ -230,6 +236,19 @@ static bool kick_idle_cpu(const struct task_struct *p)
 	return true;
 }
 
+/* An RT or deadline task holds the CPU: nothing in its local queue runs soon. */
+static bool cpu_taken(s32 cpu)
+{
+	struct task_struct *curr;
+	bool taken;
+
+	bpf_rcu_read_lock();
+	curr = scx_bpf_cpu_curr(cpu);
+	taken = curr && curr->prio < MAX_RT_PRIO;
+	bpf_rcu_read_unlock();
+	return taken;
+}
+
 /* Clears p's held mark; true for the one caller that cleared it. */
 static bool take_held(struct task_ctx *tctx, s32 pid)
 {
@@ -296,18 +315,47 @@ s32 rthulhu_select_cpu(unsigned long long *ctx)
 	return cpu;
 }
 
+/*
+ * The host must get a CPU at once, or every decision waits behind a hog: its
+ * own CPU, preempting what runs there, unless an RT/DL task holds that CPU;
+ * then an idle CPU, or another one to preempt, or the head of the fallback
+ * queue.
+ */
+static void enqueue_host_thread(struct task_struct *p, u64 enq_flags)
+{
+	s32 cpu = scx_bpf_task_cpu(p);
+
+	__sync_fetch_and_add(&nr_kernel_dispatches, 1);
+	if (!cpu_taken(cpu)) {
+		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, enq_flags | SCX_ENQ_PREEMPT);
+		return;
+	}
+	cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
+	if (cpu < 0)
+		cpu = scx_bpf_pick_any_cpu(p->cpus_ptr, 0);
+	if (cpu >= 0 && !cpu_taken(cpu)) {
+		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL_ON | cpu, slice_ns, enq_flags | SCX_ENQ_PREEMPT);
+		scx_bpf_kick_cpu(cpu, SCX_KICK_PREEMPT);
+		return;
+	}
+	scx_bpf_dsq_insert(p, RTHULHU_FALLBACK_DSQ, slice_ns, enq_flags | SCX_ENQ_HEAD);
+	kick_idle_cpu(p);
+}
+
 /* A task that never waits on the host. */
 static void enqueue_in_kernel(struct task_struct *p, u64 enq_flags)
 {
-	/* Handed back from a CPU a higher class took: run anywhere else. */
-	if ((enq_flags & SCX_ENQ_REENQ) && p->nr_cpus_allowed > 1) {
+	/*
+	 * Handed back from a CPU it could not run on at once: run anywhere else
+	 * (a per-CPU kthread waits in the fallback queue for its CPU's next
+	 * dispatch rather than bounce off the same local queue again).
+	 */
+	if (enq_flags & SCX_ENQ_REENQ) {
 		insert_fallback(p, enq_flags);
 		return;
 	}
 	if (is_host_thread(p)) {
-		/* The host must get a CPU at once, or every decision waits behind a hog. */
-		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, enq_flags | SCX_ENQ_PREEMPT);
-		__sync_fetch_and_add(&nr_kernel_dispatches, 1);
+		enqueue_host_thread(p, enq_flags);
 		return;
 	}
 	if (p->nr_cpus_allowed == 1) {
@@ -435,7 +483,8 @@ static long dispatch_one(struct bpf_dynptr *dynptr, struct drain_ctx *dc)
 	d.flags &= ~RTHULHU_DSP_PREEMPT;
 	cpu = d.cpu;
 	if (cpu >= 0) {
-		if (bpf_cpumask_test_cpu(cpu, p->cpus_ptr))
+		/* Not there: the task may not run on it, or an RT/DL task holds it. */
+		if (bpf_cpumask_test_cpu(cpu, p->cpus_ptr) && !cpu_taken(cpu))
 			dsq = SCX_DSQ_LOCAL_ON | cpu;
 		else
 			__sync_fetch_and_add(&nr_bounce_dispatches, 1);
@@ -532,14 +581,6 @@ int rthulhu_update_idle(unsigned long long *ctx)
 	return 0;
 }
 
-/* An RT/DL task took this CPU: hand what waits in its local queue to the others. */
-SEC("struct_ops/rthulhu_cpu_release")
-int rthulhu_cpu_release(unsigned long long *ctx)
-{
-	scx_bpf_reenqueue_local();
-	return 0;
-}
-
 SEC("struct_ops/rthulhu_running")
 int rthulhu_running(unsigned long long *ctx)
 {
@@ -605,7 +646,12 @@ static long scan_cpu(u32 i, struct cpu_scan *s)
 static int heartbeat_fn(void *map, int *key, struct heartbeat *hb)
 {
 	struct cpu_scan s = { .now = bpf_ktime_get_ns(), .nr_cpus = scx_bpf_nr_cpu_ids() };
-	bool host_late = s.now - host_progress_ns > heartbeat_ns;
+	/*
+	 * A live host holding tasks finishes a round at least every heartbeat:
+	 * this timer wakes it every time (below). Two heartbeats without one
+	 * means it is stopped, stuck or too slow to count on.
+	 */
+	bool host_late = s.now - host_progress_ns > 2 * heartbeat_ns;
 
 	if (bypass && !host_late)
 		bypass = 0;
@@ -613,8 +659,12 @@ static int heartbeat_fn(void *map, int *key, struct heartbeat *hb)
 	nr_shared_queued = scx_bpf_dsq_nr_queued(RTHULHU_SHARED_DSQ);
 	nr_fallback_queued = scx_bpf_dsq_nr_queued(RTHULHU_FALLBACK_DSQ);
 	bpf_loop(RTHULHU_MAX_CPUS, scan_cpu, &s, 0);
-	if (nr_held && s.late) {
-		/* A CPU idled a whole heartbeat while the host held tasks: rescue them. */
+	if (nr_held && (host_late || s.late)) {
+		/*
+		 * The host is late, or a CPU idled a whole heartbeat while it held
+		 * tasks: rescue them (all of them when it is late, and let new
+		 * tasks bypass it until it is back).
+		 */
 		rescue_pending = 1;
 		__sync_fetch_and_add(&nr_rescues, 1);
 		if (host_late)
@@ -681,10 +731,15 @@ struct sched_ext_ops rthulhu_ops = {
 	.running = (void *)rthulhu_running,
 	.stopping = (void *)rthulhu_stopping,
 	.update_idle = (void *)rthulhu_update_idle,
-	.cpu_release = (void *)rthulhu_cpu_release,
 	.init = (void *)rthulhu_init,
 	.exit = (void *)rthulhu_exit,
-	.flags = SCX_OPS_ENQ_LAST | SCX_OPS_KEEP_BUILTIN_IDLE,
+	/*
+	 * ALWAYS_ENQ_IMMED: a local queue holds only a task its CPU runs now;
+	 * one that cannot run at once (an RT/DL task took the CPU, or it was
+	 * preempted) comes back through ops.enqueue with SCX_ENQ_REENQ instead
+	 * of waiting behind it.
+	 */
+	.flags = SCX_OPS_ENQ_LAST | SCX_OPS_KEEP_BUILTIN_IDLE | SCX_OPS_ALWAYS_ENQ_IMMED,
 	.timeout_ms = 5000,
 	.name = "rthulhu",
 };

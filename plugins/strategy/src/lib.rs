@@ -278,6 +278,9 @@ impl CustomScheduler for StrategyPolicy {
             ("matched".into(), self.matched),
             ("demoted".into(), self.demoted),
             ("aged".into(), self.aged),
+            // The settings in force: an operator (and the VM suite) can see a
+            // reload take effect.
+            ("strategies".into(), self.cfg.strategies.len() as u64),
         ]
     }
 

@@ -1,6 +1,6 @@
 //! Test plugin: a FIFO policy that stops handing tasks back after
-//! `after_calls` dispatches (default 0: never hands any back), so the
-//! watchdog must eject the scheduler.
+//! `after_calls` dispatches (default 0: never hands any back): the kernel
+//! side must rescue what it holds, or the watchdog would eject the scheduler.
 
 use std::collections::VecDeque;
 
