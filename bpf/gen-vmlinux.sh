@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SPDX-License-Identifier: GPL-2.0-only
+# SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause
 # Regenerates bpf/vmlinux.h from the BTF of the sched_ext kernel the VM
 # harness uses (fetched into its cache by tests/vm/fetch-kernel).
 # Needs: bpftool, zstd/xz/gzip (whatever the image is compressed with), python3.

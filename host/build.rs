@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: GPL-2.0-only
+// SPDX-License-Identifier: Apache-2.0 OR MIT
 //! Compiles bpf/main.bpf.c with clang-19 and generates its Rust skeleton.
 
 use std::path::PathBuf;

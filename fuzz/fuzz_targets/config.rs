@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: GPL-2.0-only
+// SPDX-License-Identifier: Apache-2.0 OR MIT
 //! The config parser must turn any input into a config or one error line.
 #![no_main]
 

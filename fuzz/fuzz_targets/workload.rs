@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: GPL-2.0-only
+// SPDX-License-Identifier: Apache-2.0 OR MIT
 //! The workload parser must turn any input into a workload or one error
 //! line, and any workload it accepts must simulate without panicking (small
 //! ones are run, with the simple policy linked in).

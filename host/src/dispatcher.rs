@@ -182,20 +182,34 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
     /// Runs until the kernel side ends the run; returns how it ended.
     pub fn run(&mut self) -> Result<ExitInfo, LoopError> {
         loop {
-            match self.kernel.wait()? {
-                Wake::Exit(info) => return Ok(info),
-                Wake::Reload => self.reload()?,
-                Wake::Work => {
-                    let t0 = Instant::now();
-                    self.schedule()?;
-                    self.stats.busy += t0.elapsed();
-                    if self.observer.is_some() && self.last_tick.is_none_or(|t| t0 - t >= TICK) {
-                        self.last_tick = Some(t0);
-                        self.tick()?;
-                    }
+            let wake = self.kernel.wait()?;
+            // Everything from here to the next wait calls into the plugin:
+            // the round watchdog ends the process if it never returns.
+            crate::round_watch::enter();
+            let done = self.handle(wake);
+            crate::round_watch::leave();
+            if let Some(info) = done? {
+                return Ok(info);
+            }
+        }
+    }
+
+    /// One wake-up; `Some` when the run ended.
+    fn handle(&mut self, wake: Wake) -> Result<Option<ExitInfo>, LoopError> {
+        match wake {
+            Wake::Exit(info) => return Ok(Some(info)),
+            Wake::Reload => self.reload()?,
+            Wake::Work => {
+                let t0 = Instant::now();
+                self.schedule()?;
+                self.stats.busy += t0.elapsed();
+                if self.observer.is_some() && self.last_tick.is_none_or(|t| t0 - t >= TICK) {
+                    self.last_tick = Some(t0);
+                    self.tick()?;
                 }
             }
         }
+        Ok(None)
     }
 
     fn tick(&mut self) -> Result<(), LoopError> {

@@ -9,6 +9,7 @@ pub mod input;
 pub mod kernel;
 pub mod occupancy;
 pub mod plugin;
+pub mod round_watch;
 pub mod safety;
 pub mod sim;
 pub mod stats;

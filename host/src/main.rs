@@ -12,7 +12,7 @@ use rthulhu::{
     input::InputError,
     kernel::ExitKind,
     plugin::Plugin,
-    safety,
+    round_watch, safety,
     sim::{self, workload::Workload},
     stats,
 };
@@ -83,6 +83,12 @@ struct Cli {
     /// Watchdog: the kernel ejects the scheduler when a runnable task waits this long (ms).
     #[arg(long, value_name = "MS", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(100..=30000))]
     timeout_ms: u32,
+
+    /// The host's own watchdog: a round of the dispatch loop (the plugin's
+    /// calls) that runs longer than this ends the host with exit 1, so a
+    /// stuck plugin cannot hold the machine (ms; below --timeout-ms).
+    #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(10..=30000))]
+    round_timeout_ms: u32,
 
     /// Send every wake-up through the plugin, even when an idle CPU is free
     /// (by default BPF runs such a task on the idle CPU at once).
@@ -194,6 +200,20 @@ fn run(mut cli: Cli) -> Result<ExitCode> {
         drop(scheduler);
         return Ok(ExitCode::SUCCESS);
     }
+    if cli.simulate.is_none() && cli.round_timeout_ms >= cli.timeout_ms {
+        return Err(InputError::new(
+            "(command line)".as_ref(),
+            format!(
+                "--round-timeout-ms {} must be below --timeout-ms {}: the host must give up on a stuck plugin before the kernel does",
+                cli.round_timeout_ms, cli.timeout_ms
+            ),
+        )
+        .into());
+    }
+    round_watch::arm(std::time::Duration::from_millis(
+        cli.round_timeout_ms.into(),
+    ))
+    .context("starting the round watchdog")?;
     let Some(workload) = workload else {
         return attach(&cli, &plugin, &config, scheduler, slices);
     };

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SPDX-License-Identifier: GPL-2.0-only
+# SPDX-License-Identifier: Apache-2.0 OR MIT
 # Runs inside the VM (see tests/bench/real-kernel): every scheduler in turn,
 # the same workloads under each, REPS times. Prints "RESULT sched metric value"
 # lines for the host side to summarise.

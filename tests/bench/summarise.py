@@ -1,4 +1,4 @@
-# SPDX-License-Identifier: GPL-2.0-only
+# SPDX-License-Identifier: Apache-2.0 OR MIT
 """Turns the RESULT lines of tests/bench/guest.sh into docs/BENCHMARKS.md."""
 import statistics
 import sys

@@ -35,6 +35,7 @@ pub fn built(release: bool) -> &'static Path {
             "panicky",
             "hoarder",
             "wrong-abi",
+            "spinner",
         ] {
             cmd.args(["-p", p]);
         }

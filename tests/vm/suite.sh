@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SPDX-License-Identifier: GPL-2.0-only
+# SPDX-License-Identifier: Apache-2.0 OR MIT
 # The VM tests, run inside the guest by tests/vm/tests (one boot for all):
 # the real host + BPF + plugins on a real sched_ext kernel.
 # Usage: suite.sh BIN_DIR PLUGIN...
@@ -203,6 +203,17 @@ if [ $rc -eq 1 ] && grep -aq "panicked in select_cpu" "$log" && wait_state disab
   ok "panicking plugin: clean detach, exit 1"
 else
   fail "panicking plugin" "rc $rc, state $(state): $(tail -3 "$log")"
+fi
+
+# A plugin that never returns: the host's round watchdog ends it (exit 1),
+# the kernel unloads the scheduler, the guest goes on.
+log=$logs/spinner.log
+misbehave "$log" "$(config spin spinner 'after_calls = 300')" --round-timeout-ms 500
+if [ $rc -eq 1 ] && grep -aq "the plugin is stuck" "$log" && wait_state disabled 50 &&
+  [ "$(sh -c 'sleep 0.1; echo $((6 * 7))')" = 42 ]; then
+  ok "spinning plugin: the round watchdog ends the host (exit 1), the guest goes on"
+else
+  fail "spinning plugin" "rc $rc, state $(state): $(tail -3 "$log")"
 fi
 
 echo "vm: $passed passed, $failed failed"

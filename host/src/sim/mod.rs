@@ -1,7 +1,10 @@
 //! A deterministic discrete-event model of the kernel side of sched_ext:
 //! CPUs with local dispatch queues, a shared queue, a kernel-to-host queue
-//! of bounded size, slices that expire, wake-ups and sleeps, and the
-//! watchdog that ejects the scheduler when a runnable task is left waiting.
+//! of bounded size, slices that expire, wake-ups and sleeps, the real path's
+//! heartbeat and rescue (a CPU idle for a heartbeat while the host holds
+//! tasks moves them to a kernel-ordered fallback queue, served first; see
+//! docs/engine.md), and the watchdog that ejects the scheduler when a
+//! runnable task is left waiting.
 //!
 //! Host decisions take no simulated time: the model measures the policy, not
 //! the machine it runs on.
@@ -26,8 +29,9 @@ use workload::{Behaviour, Workload};
 pub const PID_BASE: i32 = 1000;
 /// Slice of tasks the kernel side queues on its own (ring full).
 const KERNEL_SLICE_NS: u64 = 5_000_000;
-/// How soon the host is woken again while its plugin holds tasks (heartbeat).
-const HEARTBEAT_NS: u64 = 1_000_000;
+/// The BPF side's heartbeat: it wakes the host while the host holds tasks,
+/// and rescues held tasks when a CPU has idled this long.
+const HEARTBEAT_NS: u64 = 10_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -54,6 +58,8 @@ struct Task {
     woke_at: Option<u64>,
     /// Set once a dispatch placed it on a queue, so a second one is refused.
     queued_on_dsq: bool,
+    /// Since when the host holds it (its record was sent, no decision yet).
+    held_since: Option<u64>,
     slice: u64,
     partner: Option<usize>,
     comm: [u8; 16],
@@ -69,6 +75,8 @@ struct Cpu {
     started: u64,
     /// Bumped on every start, so a stale stop event is ignored.
     generation: u64,
+    /// Since when it has had nothing to run.
+    idle_since: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -77,6 +85,7 @@ enum Event {
     Stop { cpu: u32, generation: u64 },
     Watchdog,
     HostKick,
+    Heartbeat,
 }
 
 /// The simulated kernel.
@@ -90,6 +99,14 @@ pub struct Simulator {
     cpus: Vec<Cpu>,
     /// The shared queue, ordered by (vtime, arrival) like a vtime DSQ.
     shared: BTreeMap<(u64, u64), usize>,
+    /// The fallback queue (FIFO): rescued tasks, served before `shared`.
+    fallback: VecDeque<usize>,
+    /// Times a CPU idled a heartbeat while the host held tasks, and tasks moved.
+    pub rescues: u64,
+    /// Tasks those rescues moved.
+    pub rescued: u64,
+    /// Tasks the host holds.
+    held: usize,
     ring: VecDeque<QueuedTask>,
     ring_size: usize,
     counters: Counters,
@@ -120,6 +137,10 @@ impl Simulator {
             tasks: Vec::new(),
             cpus: (0..w.cpus).map(|_| Cpu::default()).collect(),
             shared: BTreeMap::new(),
+            fallback: VecDeque::new(),
+            rescues: 0,
+            rescued: 0,
+            held: 0,
             ring: VecDeque::with_capacity(w.ring_size.min(1 << 16)),
             ring_size: w.ring_size,
             counters: Counters {
@@ -176,6 +197,7 @@ impl Simulator {
                     runnable_since: 0,
                     woke_at: None,
                     queued_on_dsq: false,
+                    held_since: None,
                     slice: KERNEL_SLICE_NS,
                     partner,
                     comm,
@@ -206,6 +228,7 @@ impl Simulator {
         }
         let first_check = (sim.timeout / 4).max(1);
         sim.push(first_check, Event::Watchdog);
+        sim.push(HEARTBEAT_NS, Event::Heartbeat);
         sim
     }
 
@@ -257,6 +280,50 @@ impl Simulator {
                 self.kick_armed = false;
                 self.kick = true;
             }
+            Event::Heartbeat => {
+                self.heartbeat();
+                self.push(self.now + HEARTBEAT_NS, Event::Heartbeat);
+            }
+        }
+    }
+
+    /// The BPF heartbeat's rescue: a CPU idle for a whole heartbeat while
+    /// the host holds tasks gets those that waited that long, in arrival order.
+    fn heartbeat(&mut self) {
+        let now = self.now;
+        let late_idle = self
+            .cpus
+            .iter()
+            .any(|c| c.idle_since.is_some_and(|t| now - t >= HEARTBEAT_NS));
+        if !late_idle || self.held == 0 {
+            return;
+        }
+        let mut old: Vec<(u64, usize)> = self
+            .tasks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| {
+                t.held_since
+                    .filter(|&s| now - s >= HEARTBEAT_NS)
+                    .map(|s| (s, i))
+            })
+            .collect();
+        if old.is_empty() {
+            return;
+        }
+        old.sort_unstable();
+        self.rescues += 1;
+        for (_, i) in old {
+            let t = &mut self.tasks[i];
+            t.held_since = None;
+            self.held -= 1;
+            t.queued_on_dsq = true;
+            t.slice = KERNEL_SLICE_NS;
+            self.fallback.push_back(i);
+            self.rescued += 1;
+        }
+        for c in 0..self.cpus.len() as u32 {
+            self.next_on(c);
         }
     }
 
@@ -320,6 +387,8 @@ impl Simulator {
                 comm: [0; 16],
             };
             q.comm = t.comm;
+            t.held_since = Some(now);
+            self.held += 1;
             self.ring.push_back(q);
         } else {
             self.counters.nr_sched_congested += 1;
@@ -378,11 +447,17 @@ impl Simulator {
         }
         let local = self.cpus[cpu as usize].local.pop_front();
         self.local_queued -= usize::from(local.is_some());
-        let next = local.or_else(|| self.shared.pop_first().map(|(_, i)| i));
+        let next = local
+            .or_else(|| self.fallback.pop_front())
+            .or_else(|| self.shared.pop_first().map(|(_, i)| i));
         match next {
             Some(i) => self.run(cpu, i),
-            // The BPF side wakes the host when a CPU idles while the plugin holds tasks.
-            None => self.kick |= self.counters.nr_scheduled > 0,
+            None => {
+                let c = &mut self.cpus[cpu as usize];
+                c.idle_since.get_or_insert(self.now);
+                // The BPF side wakes the host when a CPU idles while it holds tasks.
+                self.kick |= self.held > 0;
+            }
         }
     }
 
@@ -399,6 +474,7 @@ impl Simulator {
         let run_for = t.work_left.min(t.slice.max(1));
         let c = &mut self.cpus[cpu as usize];
         c.current = Some(i);
+        c.idle_since = None;
         c.started = now;
         c.generation += 1;
         let generation = c.generation;
@@ -516,6 +592,7 @@ impl Kernel for Simulator {
         };
         self.counters.nr_user_dispatches += 1;
         let t = &mut self.tasks[i];
+        self.held -= usize::from(t.held_since.take().is_some());
         t.vtime = d.vtime;
         t.slice = d.slice_ns.max(1);
         t.queued_on_dsq = true;
@@ -571,7 +648,7 @@ impl Kernel for Simulator {
         // Decisions land at once here: nothing is ever on its way.
         Occupancy {
             running: self.counters.nr_running,
-            inflight: (self.local_queued + self.shared.len()) as u64,
+            inflight: (self.local_queued + self.shared.len() + self.fallback.len()) as u64,
             unsent: 0,
         }
     }
@@ -620,6 +697,8 @@ pub fn simulate<P: crate::dispatcher::Policy>(
         preemptions: d.kernel.preemptions,
         failed: c.nr_failed_dispatches,
         congested: c.nr_sched_congested,
+        rescues: d.kernel.rescues,
+        rescued: d.kernel.rescued,
         decisions_per_sec: if busy > 0.0 {
             d.stats.decisions as f64 / busy
         } else {

@@ -96,6 +96,11 @@ pub struct SimReport {
     pub preemptions: u64,
     /// Times the queue to the host was full.
     pub congested: u64,
+    /// Times a CPU idled a heartbeat while the host held tasks (the BPF
+    /// side's rescue), and the tasks it moved to the fallback queue.
+    pub rescues: u64,
+    /// Tasks moved by those rescues.
+    pub rescued: u64,
     /// The host's real decisions per second of its own busy time.
     pub decisions_per_sec: f64,
     /// Per-group results.
