@@ -140,6 +140,15 @@ fn init_logging(verbose: u8) {
 }
 
 fn run(mut cli: Cli) -> Result<ExitCode> {
+    if let Some(secs) = cli.stats {
+        if !(secs.is_finite() && (0.001..=86_400.0).contains(&secs)) {
+            return Err(InputError::new(
+                "(command line)".as_ref(),
+                format!("--stats {secs}: give a number of seconds between 0.001 and 86400"),
+            )
+            .into());
+        }
+    }
     if cli.monitor {
         return monitor(&cli);
     }
@@ -406,10 +415,16 @@ fn lock_memory() {
 
 fn slice_opts(cli: &Cli, config: &Config) -> Result<SliceOpts, InputError> {
     let default = SliceOpts::default();
-    let us = |v: Option<u64>, d: u64| v.map_or(d, |v| v * 1000);
+    let bad = |msg: &str| InputError::new("(command line)".as_ref(), msg.to_string());
+    // More than a second is no slice: the kernel would never take the CPU back.
+    let us = |v: Option<u64>, d: u64| match v {
+        None => Ok(d),
+        Some(v) if v <= 1_000_000 => Ok(v * 1000),
+        Some(v) => Err(bad(&format!("a slice of {v} µs is over a second"))),
+    };
     let s = SliceOpts {
-        default_ns: us(cli.slice_us.or(config.slice_us), default.default_ns),
-        min_ns: us(cli.slice_min_us.or(config.slice_min_us), default.min_ns),
+        default_ns: us(cli.slice_us.or(config.slice_us), default.default_ns)?,
+        min_ns: us(cli.slice_min_us.or(config.slice_min_us), default.min_ns)?,
         queue_ahead: cli.queue_ahead,
     };
     if s.default_ns == 0 || s.min_ns == 0 || s.min_ns > s.default_ns {

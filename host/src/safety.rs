@@ -49,9 +49,13 @@ mod tests {
     #[test]
     fn world_writable_files_are_refused_as_root() {
         // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return; // the check only applies to root
-        }
+        // The check only applies to root: as another user this test could
+        // check nothing, so it fails rather than pass without testing.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "this test needs root (tests/run and CI run as root)"
+        );
         let dir = std::env::temp_dir().join(format!("rthulhu-safety-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -114,9 +114,13 @@ fn bad_workload() {
 fn files_others_can_write_are_refused_as_root() {
     use std::os::unix::fs::PermissionsExt;
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc_geteuid() } != 0 {
-        return; // only root is protected this way
-    }
+    // Only root is protected this way: as another user this test could
+    // check nothing, so it fails rather than pass without testing.
+    assert_eq!(
+        unsafe { libc_geteuid() },
+        0,
+        "this test needs root (tests/run and CI run as root)"
+    );
     let simple = plugin("simple");
     let cfg = workload(
         "worldwritable",
@@ -143,4 +147,34 @@ fn files_others_can_write_are_refused_as_root() {
 extern "C" {
     #[link_name = "geteuid"]
     fn libc_geteuid() -> u32;
+}
+
+#[test]
+fn out_of_range_numbers_are_refused_before_anything_starts() {
+    let simple = plugin("simple");
+    let simple = simple.to_str().unwrap();
+    for stats in ["--stats=-1", "--stats=NaN", "--stats=inf", "--stats=0"] {
+        refused(
+            &["--plugin", simple, "--simulate", &mixed(), stats],
+            "(command line)",
+            "--stats",
+        );
+    }
+    refused(
+        &[
+            "--plugin",
+            simple,
+            "--simulate",
+            &mixed(),
+            "--slice-us",
+            "18446744073709551615",
+        ],
+        "(command line)",
+        "over a second",
+    );
+    refused(
+        &["--plugin", simple, "--round-timeout-ms", "6000"],
+        "(command line)",
+        "--round-timeout-ms 6000 must be below --timeout-ms 5000",
+    );
 }

@@ -20,29 +20,13 @@ scheds=("$@")
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 # shared/repro/staggered-hogs.sh, kept byte for byte (a cargo test checks).
 repro=$repo/tests/vm/staggered-hogs.sh
-scx=/sys/kernel/sched_ext
 logs=${RTHULHU_VM_OUT:-$(mktemp -d)}
 work=$(mktemp -d)
 cd "$work" || exit 1
 ncpu=$(nproc)
-passed=0
-failed=0
 declare -A eevdf_late
-
-ok() { echo "ok - $1"; passed=$((passed + 1)); }
-fail() { echo "FAIL - $1: $2"; failed=$((failed + 1)); }
-state() { cat $scx/state 2>/dev/null; }
-wait_state() { # STATE TENTHS
-	local n=${2:-100}
-	while [ "$n" -gt 0 ]; do
-		[ "$(state)" = "$1" ] && return 0
-		sleep 0.1
-		n=$((n - 1))
-	done
-	return 1
-}
-# Last value of a "--stats" field ("rescues", "stale"...) in a host log.
-stat_of() { sed -n "s/.* $2 \([0-9][0-9]*\).*/\1/p" "$1" | tail -1; }
+# shellcheck source=tests/vm/lib.sh
+. "$repo/tests/vm/lib.sh"
 
 host_pid=
 # start_sched SCHED LOG: attaches the plugin (no-op for eevdf); false if it did not attach.

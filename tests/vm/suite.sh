@@ -7,30 +7,14 @@ set -u
 bin=$1
 shift
 plugins=("$@")
-scx=/sys/kernel/sched_ext
 work=$(mktemp -d)
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 # Logs go to the harness's output share when there is one, so a failure can
 # be read on the host afterwards.
 logs=${RTHULHU_VM_OUT:-$work}
 cd "$work" || exit 1 # stress-ng wants a writable working directory
-passed=0
-failed=0
-
-ok() { echo "ok - $1"; passed=$((passed + 1)); }
-fail() { echo "FAIL - $1: $2"; failed=$((failed + 1)); }
-state() { cat $scx/state 2>/dev/null; }
-
-# Waits up to $2 tenths of a second for the sched_ext state to become $1.
-wait_state() {
-  local want=$1 n=${2:-100}
-  while [ "$n" -gt 0 ]; do
-    [ "$(state)" = "$want" ] && return 0
-    sleep 0.1
-    n=$((n - 1))
-  done
-  return 1
-}
+# shellcheck source=tests/vm/lib.sh
+. "$repo/tests/vm/lib.sh"
 
 # Starts the host in the background: start_host LOG ARGS...; sets $host_pid.
 start_host() {
@@ -47,8 +31,6 @@ config() { # config NAME PLUGIN TABLE → path of a config file
   echo "$work/$1.toml"
 }
 
-# Last value of counter $2 ("user", "kernel"…) in a --stats log.
-stat_of() { sed -n "s/.* $2 \([0-9][0-9]*\).*/\1/p" "$1" | tail -1; }
 
 for p in "${plugins[@]}"; do
   # attach: enabled under our name, SIGINT detaches cleanly.

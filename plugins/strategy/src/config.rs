@@ -109,9 +109,18 @@ impl Settings {
             if s.execution_time_us == Some(0) {
                 return Err(format!("{name}: execution_time_us must be positive"));
             }
+            if s.priority > MAX_PRIORITY {
+                return Err(format!(
+                    "{name}: priority {} is above the highest level, {MAX_PRIORITY}",
+                    s.priority
+                ));
+            }
             strategies.push(Strategy {
                 priority: s.priority,
-                slice_ns: s.execution_time_us.map(|us| us * 1000),
+                slice_ns: s
+                    .execution_time_us
+                    .map(|us| us_to_ns(us, &format!("{name}: execution_time_us")))
+                    .transpose()?,
                 comm,
                 pids: s.pids,
                 tgids: s.tgids,
@@ -120,9 +129,9 @@ impl Settings {
             });
         }
         Ok(Settings {
-            max_burst_ns: raw.max_burst_us * 1000,
-            max_wait_ns: raw.max_wait_ms * 1_000_000,
-            max_credit_ns: raw.max_credit_us * 1000,
+            max_burst_ns: us_to_ns(raw.max_burst_us, "max_burst_us")?,
+            max_wait_ns: us_to_ns(raw.max_wait_ms.saturating_mul(1000), "max_wait_ms")?,
+            max_credit_ns: us_to_ns(raw.max_credit_us, "max_credit_us")?,
             strategies,
         })
     }
@@ -134,4 +143,18 @@ impl Settings {
         let uid = self.strategies.iter().any(|s| s.uid.is_some());
         (cg, uid)
     }
+}
+
+/// The highest priority level: levels stay distinct in the kernel's queue
+/// order (see `kernel_key` in lib.rs), which has room for 256.
+pub const MAX_PRIORITY: u32 = 255;
+
+/// µs → ns, refusing values that would not fit (an hour is plenty for any
+/// of these settings).
+fn us_to_ns(us: u64, what: &str) -> Result<u64, String> {
+    const HOUR_US: u64 = 3_600_000_000;
+    if us > HOUR_US {
+        return Err(format!("{what}: {us} µs is more than an hour"));
+    }
+    Ok(us * 1000)
 }

@@ -87,8 +87,17 @@ pub struct StrategyPolicy {
     aged: u64,
 }
 
-/// Kernel queue order: each level sits this far ahead in virtual time.
-const LEVEL_SPAN: u64 = 1 << 40;
+/// Bits of the kernel key below the level: the vruntime (ns), capped.
+const KEY_VRUNTIME_BITS: u32 = 55;
+
+/// The key that orders the task in the kernel's shared queue (lowest
+/// first): the level in the top bits, so every higher level goes before
+/// every lower one whatever the vruntimes, then the vruntime (which would
+/// only saturate after 2^55 ns, over a year, of virtual time).
+fn kernel_key(level: u32, vruntime: u64) -> u64 {
+    let inverted = u64::from(config::MAX_PRIORITY - level.min(config::MAX_PRIORITY));
+    (inverted << KEY_VRUNTIME_BITS) | vruntime.min((1 << KEY_VRUNTIME_BITS) - 1)
+}
 const FORGET_AFTER: u64 = 100_000;
 const MAX_CACHED: usize = 1 << 16;
 
@@ -158,7 +167,7 @@ impl StrategyPolicy {
         self.last_slice = p.slice_ns;
         let mut t = p.task;
         // The kernel's shared queue is ordered by this: levels first.
-        t.vtime = key.1.saturating_sub(u64::from(p.level) * LEVEL_SPAN);
+        t.vtime = kernel_key(p.level, key.1);
         t
     }
 

@@ -122,3 +122,25 @@ fn bad_tables_are_refused() {
         assert!(e.contains(want), "{cfg}: {e}");
     }
 }
+
+#[test]
+fn levels_stay_distinct_in_the_kernel_order() {
+    // A level-2 task with a huge vruntime still goes before a level-1 task
+    // with none, and within a level the vruntime decides.
+    assert!(kernel_key(2, 1 << 50) < kernel_key(1, 0));
+    assert!(kernel_key(1, 5) < kernel_key(1, 6));
+    assert!(kernel_key(0, 0) > kernel_key(1, u64::MAX));
+}
+
+#[test]
+fn out_of_range_settings_are_refused() {
+    let e = config::Settings::parse("[[strategy]]\ncomm = 'x'\npriority = 256").unwrap_err();
+    assert!(e.contains("priority 256"), "{e}");
+    let e = config::Settings::parse("max_burst_us = 9223372036854775807").unwrap_err();
+    assert!(e.contains("max_burst_us"), "{e}");
+    let e = config::Settings::parse(
+        "[[strategy]]\ncomm = 'x'\nexecution_time_us = 9223372036854775807",
+    )
+    .unwrap_err();
+    assert!(e.contains("execution_time_us"), "{e}");
+}
