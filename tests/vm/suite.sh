@@ -141,17 +141,30 @@ fi
 kill -INT $host_pid
 wait $host_pid
 
-# Runs a misbehaving plugin under load until the host gives up; sets $rc.
+# Runs a misbehaving plugin under load until the host gives up; sets $rc
+# (124 if the host was still running 20 s after the load began).
+# The load overcommits the CPUs, so decisions keep flowing through the
+# plugin (a lone task per CPU would just keep running, asking nothing).
 # misbehave LOG CONFIG [HOST ARGS...]
 misbehave() {
-  local log=$1 cfg=$2 load
+  local log=$1 cfg=$2 load n=0
   shift 2
   start_host "$log" --config "$cfg" "$@"
   wait_state enabled 200
-  stress-ng -t 8 -c 2 > /dev/null 2>&1 &
+  stress-ng -t 8 -c 4 > /dev/null 2>&1 &
   load=$!
-  wait $host_pid
-  rc=$?
+  while kill -0 $host_pid 2>/dev/null && [ $n -lt 200 ]; do
+    sleep 0.1
+    n=$((n + 1))
+  done
+  if kill -0 $host_pid 2>/dev/null; then
+    kill -INT $host_pid
+    wait $host_pid
+    rc=124
+  else
+    wait $host_pid
+    rc=$?
+  fi
   kill $load 2>/dev/null
   wait $load 2>/dev/null
 }
@@ -162,7 +175,7 @@ misbehave() {
 log=$logs/hoarder.log
 start_host "$log" --config "$(config hoard hoarder 'after_calls = 200')" --timeout-ms 2000 --stats 1
 wait_state enabled 200
-stress-ng -t 6 -c 2 --metrics-brief > "$work/hoard-load.log" 2>&1
+stress-ng -t 6 -c 4 --metrics-brief > "$work/hoard-load.log" 2>stress-ng -t 6 -c 2 --metrics-brief > "$work/hoard-load.log" 2>&11
 srn=$?
 sleep 1
 attached=$(state)
