@@ -175,7 +175,7 @@ misbehave() {
 log=$logs/hoarder.log
 start_host "$log" --config "$(config hoard hoarder 'after_calls = 200')" --timeout-ms 2000 --stats 1
 wait_state enabled 200
-stress-ng -t 6 -c 4 --metrics-brief > "$work/hoard-load.log" 2>stress-ng -t 6 -c 2 --metrics-brief > "$work/hoard-load.log" 2>&11
+stress-ng -t 6 -c 4 --metrics-brief > "$work/hoard-load.log" 2>&1
 srn=$?
 sleep 1
 attached=$(state)
