@@ -112,6 +112,7 @@ volatile u64 nr_held;		/* records out to the host, not yet decided on */
 volatile u64 nr_inflight;	/* inserted on the host's word, not yet running */
 volatile u64 nr_running;	/* tasks running, the host's own threads aside */
 volatile u64 nr_drained;	/* decisions read from the dispatched ring */
+volatile u64 nr_idle_cpus;	/* CPUs idle now */
 volatile u64 nr_user_dispatches, nr_kernel_dispatches, nr_direct_dispatches;
 volatile u64 nr_bounce_dispatches, nr_failed_dispatches, nr_stale_dispatches;
 volatile u64 nr_sched_congested, nr_keep_running, nr_reenqueued;
@@ -576,8 +577,14 @@ int rthulhu_update_idle(unsigned long long *ctx)
 	s32 cpu = ctx[0];
 	bool idle = ctx[1];
 
-	if (cpu >= 0 && cpu < RTHULHU_MAX_CPUS)
-		idle_since[cpu] = idle ? bpf_ktime_get_ns() : 0;
+	if (cpu < 0 || cpu >= RTHULHU_MAX_CPUS)
+		return 0;
+	/* Only this CPU calls this for itself: the test and the store do not race. */
+	if (idle && !idle_since[cpu])
+		__sync_fetch_and_add(&nr_idle_cpus, 1);
+	else if (!idle && idle_since[cpu])
+		__sync_fetch_and_sub(&nr_idle_cpus, 1);
+	idle_since[cpu] = idle ? bpf_ktime_get_ns() : 0;
 	return 0;
 }
 

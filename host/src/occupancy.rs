@@ -11,7 +11,7 @@
 //! still goes first; each extra step lets the kernel keep CPUs busy while the
 //! host is on its way, at the price of that many committed choices per CPU.
 
-/// What the kernel side has in hand, by where it is.
+/// What the kernel side has in hand, by where it is, and how many CPUs idle.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Occupancy {
     /// Tasks running on a CPU (the host's own threads excluded).
@@ -20,16 +20,19 @@ pub struct Occupancy {
     pub inflight: u64,
     /// Decisions written by the host and not yet read by the kernel side.
     pub unsent: u64,
+    /// CPUs idle right now.
+    pub idle_cpus: u64,
 }
 
 impl Occupancy {
     /// From the host's count of decisions written and the kernel's count of
     /// decisions read (`drained`); a kernel that read more (a restart) counts 0.
-    pub fn new(running: u64, inflight: u64, submitted: u64, drained: u64) -> Self {
+    pub fn new(running: u64, inflight: u64, submitted: u64, drained: u64, idle_cpus: u64) -> Self {
         Occupancy {
             running,
             inflight,
             unsent: submitted.saturating_sub(drained),
+            idle_cpus,
         }
     }
 
@@ -38,10 +41,13 @@ impl Occupancy {
         self.running + self.inflight + self.unsent
     }
 
-    /// How many more decisions fit in the window.
+    /// How many more decisions fit in the window; never fewer than there
+    /// are idle CPUs: tasks committed earlier may be waiting for a CPU they
+    /// are pinned to, or one an RT task holds, and must not keep a free CPU
+    /// without work.
     pub fn budget(&self, nr_cpus: u32, queue_ahead: u64) -> u64 {
         let capacity = u64::from(nr_cpus).saturating_mul(queue_ahead.saturating_add(1));
-        capacity.saturating_sub(self.total())
+        capacity.saturating_sub(self.total()).max(self.idle_cpus)
     }
 }
 
@@ -51,7 +57,7 @@ mod tests {
 
     #[test]
     fn every_task_in_hand_counts_against_the_window() {
-        let o = Occupancy::new(1, 1, 5, 4);
+        let o = Occupancy::new(1, 1, 5, 4, 0);
         assert_eq!(o.total(), 3);
         assert_eq!(o.budget(4, 0), 1);
         assert_eq!(o.budget(4, 1), 5);
@@ -60,7 +66,14 @@ mod tests {
 
     #[test]
     fn a_kernel_that_read_more_than_was_sent_counts_nothing_unsent() {
-        assert_eq!(Occupancy::new(0, 0, 3, 10).unsent, 0);
+        assert_eq!(Occupancy::new(0, 0, 3, 10, 0).unsent, 0);
+    }
+
+    #[test]
+    fn an_idle_cpu_always_gets_a_decision() {
+        // Full window, but two tasks in it wait for a busy CPU they are pinned to.
+        let o = Occupancy::new(2, 2, 0, 0, 1);
+        assert_eq!(o.budget(4, 0), 1);
     }
 
     #[test]

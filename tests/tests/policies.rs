@@ -64,3 +64,33 @@ fn strategy_halves_the_targeted_latency_without_starving_anyone() {
     assert!(share(&strategy, "batch") > 0.5, "{strategy}");
     assert!(share(&strategy, "api-server") > 0.12, "{strategy}");
 }
+
+#[test]
+fn churn_never_leaves_a_task_waiting_for_the_watchdog() {
+    // Forks and exits, pinned tasks, affinity changes while the host holds
+    // tasks, an RT task taking a CPU, a host that needs time to answer: every
+    // shipped policy keeps every group running, far from the watchdog.
+    let w = repo().join("configs/workloads/churn.toml");
+    for p in ["simple", "deadline", "strategy"] {
+        let (out, r) = simulate(p, "", &w);
+        assert!(out.status.success(), "{p}: {}", stderr(&out));
+        assert_eq!(r["ejected"], false, "{p}: {r}");
+        for g in r["groups"].as_array().unwrap() {
+            let waited_ms = g["wait_max_ns"].as_u64().unwrap() / 1_000_000;
+            assert!(
+                waited_ms < 5000,
+                "{p}: group {} waited {waited_ms} ms",
+                g["name"]
+            );
+            assert!(
+                g["runtime_ns"].as_u64().unwrap() > 0,
+                "{p}: group starved: {g}"
+            );
+        }
+        // The forks really happened: more bursts than the first tasks could run.
+        assert!(
+            group(&r, "forker")["runs"].as_u64().unwrap() > 100,
+            "{p}: {r}"
+        );
+    }
+}

@@ -365,6 +365,7 @@ impl Kernel for BpfKernel<'_> {
             atomic_load(&b.nr_inflight),
             self.submitted,
             atomic_load(&b.nr_drained),
+            atomic_load(&b.nr_idle_cpus),
         )
     }
 

@@ -39,6 +39,8 @@ enum State {
     /// Runnable, somewhere between enqueue and a CPU.
     Waiting,
     Running,
+    /// Exited (a fork took its place).
+    Exited,
 }
 
 #[derive(Debug)]
@@ -60,6 +62,12 @@ struct Task {
     queued_on_dsq: bool,
     /// Since when the host holds it (its record was sent, no decision yet).
     held_since: Option<u64>,
+    /// CPUs it may run on (None: all).
+    allowed: Option<Vec<u32>>,
+    /// Forked and not yet queued: its first enqueue has no wake-up flag.
+    forked: bool,
+    /// When it exits (a fork takes its place), if it has a lifetime.
+    dies_at: Option<u64>,
     slice: u64,
     partner: Option<usize>,
     comm: [u8; 16],
@@ -77,15 +85,27 @@ struct Cpu {
     generation: u64,
     /// Since when it has had nothing to run.
     idle_since: Option<u64>,
+    /// An RT task holds it: sched_ext runs nothing here.
+    rt_busy: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
     Wake(usize),
-    Stop { cpu: u32, generation: u64 },
+    Stop {
+        cpu: u32,
+        generation: u64,
+    },
     Watchdog,
     HostKick,
     Heartbeat,
+    /// The RT load `k` takes its CPU / gives it back.
+    RtStart(usize),
+    RtEnd(usize),
+    /// Group `g` changes its tasks' affinity.
+    Move(usize),
+    /// The host, woken `host_latency` ago, starts its round.
+    HostRun,
 }
 
 /// The simulated kernel.
@@ -107,6 +127,16 @@ pub struct Simulator {
     pub rescued: u64,
     /// Tasks the host holds.
     held: usize,
+    /// The host's answer delay once woken (ns), and when the pending one is due.
+    host_latency: u64,
+    host_due: Option<u64>,
+    /// RT loads: (cpu, period, runtime) in ns.
+    rt: Vec<(u32, u64, u64)>,
+    /// Per group: lifetime and affinity-change period (ns).
+    lifetimes: Vec<Option<u64>>,
+    move_every: Vec<Option<u64>>,
+    /// Affinity moves so far, per group (alternates one CPU / all).
+    moves: Vec<u64>,
     ring: VecDeque<QueuedTask>,
     ring_size: usize,
     counters: Counters,
@@ -141,6 +171,24 @@ impl Simulator {
             rescues: 0,
             rescued: 0,
             held: 0,
+            host_latency: w.host_latency_us * 1000,
+            host_due: None,
+            rt: w
+                .rt
+                .iter()
+                .map(|r| (r.cpu, r.period_us * 1000, r.runtime_us * 1000))
+                .collect(),
+            lifetimes: w
+                .groups
+                .iter()
+                .map(|g| g.lifetime_us.map(|us| us * 1000))
+                .collect(),
+            move_every: w
+                .groups
+                .iter()
+                .map(|g| g.move_every_us.map(|us| us * 1000))
+                .collect(),
+            moves: vec![0; w.groups.len()],
             ring: VecDeque::with_capacity(w.ring_size.min(1 << 16)),
             ring_size: w.ring_size,
             counters: Counters {
@@ -198,6 +246,9 @@ impl Simulator {
                     woke_at: None,
                     queued_on_dsq: false,
                     held_since: None,
+                    allowed: g.cpus.clone(),
+                    forked: false,
+                    dies_at: g.lifetime_us.map(|us| us * 1000),
                     slice: KERNEL_SLICE_NS,
                     partner,
                     comm,
@@ -229,6 +280,15 @@ impl Simulator {
         let first_check = (sim.timeout / 4).max(1);
         sim.push(first_check, Event::Watchdog);
         sim.push(HEARTBEAT_NS, Event::Heartbeat);
+        for k in 0..sim.rt.len() {
+            let (_, period, _) = sim.rt[k];
+            sim.push(period / 2, Event::RtStart(k));
+        }
+        for g in 0..sim.move_every.len() {
+            if let Some(every) = sim.move_every[g] {
+                sim.push(every, Event::Move(g));
+            }
+        }
         sim
     }
 
@@ -284,7 +344,127 @@ impl Simulator {
                 self.heartbeat();
                 self.push(self.now + HEARTBEAT_NS, Event::Heartbeat);
             }
+            Event::RtStart(k) => self.rt_start(k),
+            Event::RtEnd(k) => {
+                let (cpu, period, runtime) = self.rt[k];
+                self.cpus[cpu as usize].rt_busy = false;
+                self.push(self.now + period - runtime, Event::RtStart(k));
+                self.next_on(cpu);
+            }
+            Event::Move(g) => self.move_group(g),
+            Event::HostRun => {}
         }
+    }
+
+    /// An RT task takes a CPU: what ran or waited there for sched_ext is
+    /// handed back to the fallback queue (local queues only hold what runs
+    /// now on the real path) and may run elsewhere.
+    fn rt_start(&mut self, k: usize) {
+        let (cpu, _, runtime) = self.rt[k];
+        self.push(self.now + runtime, Event::RtEnd(k));
+        let c = &mut self.cpus[cpu as usize];
+        c.rt_busy = true;
+        c.idle_since = None;
+        c.generation += 1; // its pending stop event is void now
+        let mut handed: Vec<usize> = c.local.drain(..).collect();
+        self.local_queued -= handed.len();
+        if let Some(i) = c.current.take() {
+            let ran = self.now - c.started;
+            self.counters.nr_running -= 1;
+            let t = &mut self.tasks[i];
+            t.exec_runtime += ran;
+            t.stop_ts = self.now;
+            if t.work_left != u64::MAX {
+                t.work_left -= ran.min(t.work_left);
+            }
+            self.groups[t.group].runtime_ns += ran;
+            if t.work_left == 0 {
+                // It finished just as the RT task came: let stop() handle it.
+                t.work_left = 1;
+            }
+            t.state = State::Waiting;
+            t.runnable_since = self.now;
+            handed.insert(0, i);
+        }
+        for i in handed {
+            self.counters.nr_kernel_dispatches += 1;
+            self.tasks[i].slice = KERNEL_SLICE_NS;
+            self.tasks[i].queued_on_dsq = true;
+            self.fallback.push_back(i);
+            self.kick_idle_for(i);
+        }
+    }
+
+    /// Group `g`'s tasks get a new affinity: one random CPU, or all CPUs
+    /// again, in turn. A waiting task is dequeued and queued again (a new
+    /// record; a decision for the old one is refused), a running one that may
+    /// no longer run where it is stops and is queued again.
+    fn move_group(&mut self, g: usize) {
+        self.moves[g] += 1;
+        let narrow = self.moves[g] % 2 == 1;
+        let n = self.cpus.len() as u64;
+        let members: Vec<usize> = (0..self.tasks.len())
+            .filter(|&i| self.tasks[i].group == g && self.tasks[i].state != State::Exited)
+            .collect();
+        for i in members {
+            let allowed = narrow.then(|| vec![(self.rng.next_u64() % n) as u32]);
+            self.tasks[i].allowed = allowed;
+            match self.tasks[i].state {
+                State::Waiting if self.tasks[i].held_since.is_some() => {
+                    self.held -= 1;
+                    self.tasks[i].held_since = None;
+                    self.enqueue(i);
+                }
+                State::Running => {
+                    let cpu = self.tasks[i].prev_cpu;
+                    if !self.can_run(i, cpu) {
+                        self.stop(cpu);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(every) = self.move_every[g] {
+            self.push(self.now + every, Event::Move(g));
+        }
+    }
+
+    fn can_run(&self, i: usize, cpu: u32) -> bool {
+        self.tasks[i]
+            .allowed
+            .as_ref()
+            .is_none_or(|a| a.contains(&cpu))
+    }
+
+    /// Task `i` exits; a fresh fork of it takes its place at once.
+    fn exit_and_fork(&mut self, i: usize) {
+        let now = self.now;
+        let t = &mut self.tasks[i];
+        t.state = State::Exited;
+        let g = t.group;
+        let idx = self.tasks.len();
+        let mut child = Task {
+            state: State::Sleeping,
+            vtime: 0,
+            exec_runtime: 0,
+            start_ts: 0,
+            stop_ts: 0,
+            work_left: 0,
+            runnable_since: now,
+            woke_at: None,
+            queued_on_dsq: false,
+            held_since: None,
+            forked: true,
+            dies_at: self.lifetimes[g].map(|l| now + l),
+            tgid: PID_BASE + idx as i32,
+            allowed: self.tasks[i].allowed.clone(),
+            comm: self.tasks[i].comm,
+            partner: None,
+            ..self.tasks[i]
+        };
+        child.prev_cpu = self.tasks[i].prev_cpu;
+        self.tasks.push(child);
+        self.wake(idx);
     }
 
     /// The BPF heartbeat's rescue: a CPU idle for a whole heartbeat while
@@ -349,7 +529,7 @@ impl Simulator {
         if self.builtin_idle && quiet {
             let prev = self.tasks[i].prev_cpu;
             if let Some(c) = self
-                .idle_cpu(prev)
+                .idle_cpu_for(i, prev)
                 .filter(|&c| self.cpus[c as usize].local.is_empty())
             {
                 self.counters.nr_kernel_dispatches += 1;
@@ -377,7 +557,12 @@ impl Simulator {
                 tgid: t.tgid,
                 cpu: t.prev_cpu as i32,
                 nr_cpus_allowed: self.cpus.len() as u32,
-                flags: if t.woke_at.is_some() { ENQ_WAKEUP } else { 0 },
+                // A fork's first enqueue, like a requeue, has no wake-up flag.
+                flags: if t.woke_at.is_some() && !t.forked {
+                    ENQ_WAKEUP
+                } else {
+                    0
+                },
                 start_ts: t.start_ts,
                 stop_ts: t.stop_ts,
                 exec_runtime: t.exec_runtime,
@@ -387,6 +572,11 @@ impl Simulator {
                 comm: [0; 16],
             };
             q.comm = t.comm;
+            q.nr_cpus_allowed = t
+                .allowed
+                .as_ref()
+                .map_or(q.nr_cpus_allowed, |a| a.len() as u32);
+            t.forked = false;
             t.held_since = Some(now);
             self.held += 1;
             self.ring.push_back(q);
@@ -395,9 +585,10 @@ impl Simulator {
             self.counters.nr_kernel_dispatches += 1;
             t.slice = KERNEL_SLICE_NS;
             t.queued_on_dsq = true;
-            let (prev, key) = (t.prev_cpu, t.vtime);
+            t.forked = false;
+            let key = t.vtime;
             self.push_shared(key, i);
-            self.kick_idle(prev);
+            self.kick_idle_for(i);
         }
     }
 
@@ -414,7 +605,10 @@ impl Simulator {
             t.work_left -= ran.min(t.work_left);
         }
         self.groups[t.group].runtime_ns += ran;
-        if t.work_left == 0 {
+        if t.dies_at.is_some_and(|d| self.now >= d) {
+            self.groups[t.group].runs += 1;
+            self.exit_and_fork(i);
+        } else if t.work_left == 0 {
             self.groups[t.group].runs += 1;
             t.state = State::Sleeping;
             let partner = t.partner;
@@ -442,14 +636,22 @@ impl Simulator {
 
     /// `cpu` looks for work: its local queue, then the shared one.
     fn next_on(&mut self, cpu: u32) {
-        if self.cpus[cpu as usize].current.is_some() {
+        let c = &self.cpus[cpu as usize];
+        if c.current.is_some() || c.rt_busy {
             return;
         }
         let local = self.cpus[cpu as usize].local.pop_front();
         self.local_queued -= usize::from(local.is_some());
+        // Queues are served in order, skipping tasks that may not run here.
         let next = local
-            .or_else(|| self.fallback.pop_front())
-            .or_else(|| self.shared.pop_first().map(|(_, i)| i));
+            .or_else(|| {
+                let k = self.fallback.iter().position(|&i| self.can_run(i, cpu))?;
+                self.fallback.remove(k)
+            })
+            .or_else(|| {
+                let key = *self.shared.iter().find(|(_, &i)| self.can_run(i, cpu))?.0;
+                self.shared.remove(&key)
+            });
         match next {
             Some(i) => self.run(cpu, i),
             None => {
@@ -468,6 +670,9 @@ impl Simulator {
         t.queued_on_dsq = false;
         t.prev_cpu = cpu;
         t.start_ts = now;
+        let waited = now - t.runnable_since;
+        let g = &mut self.groups[t.group];
+        g.wait_max_ns = g.wait_max_ns.max(waited);
         if let Some(w) = t.woke_at.take() {
             self.latencies[t.group].push(now - w);
         }
@@ -487,18 +692,20 @@ impl Simulator {
         self.shared.insert((vtime, self.seq), i);
     }
 
-    fn idle_cpu(&self, prefer: u32) -> Option<u32> {
-        if self.cpus[prefer as usize].current.is_none() {
+    /// An idle CPU task `i` may run on, `prefer` first.
+    fn idle_cpu_for(&self, i: usize, prefer: u32) -> Option<u32> {
+        let free = |c: u32| {
+            let cpu = &self.cpus[c as usize];
+            cpu.current.is_none() && !cpu.rt_busy && self.can_run(i, c)
+        };
+        if free(prefer) {
             return Some(prefer);
         }
-        self.cpus
-            .iter()
-            .position(|c| c.current.is_none())
-            .map(|c| c as u32)
+        (0..self.cpus.len() as u32).find(|&c| free(c))
     }
 
-    fn kick_idle(&mut self, prefer: u32) {
-        if let Some(c) = self.idle_cpu(prefer) {
+    fn kick_idle_for(&mut self, i: usize) {
+        if let Some(c) = self.idle_cpu_for(i, self.tasks[i].prev_cpu) {
             self.next_on(c);
         }
     }
@@ -559,8 +766,20 @@ impl Kernel for Simulator {
                 .peek()
                 .is_none_or(|Reverse((t, ..))| *t > self.now);
             if batch_done && (self.kick || !self.ring.is_empty()) {
-                self.kick = false;
-                return Ok(Wake::Work);
+                // The host answers host_latency after it was woken.
+                match self.host_due {
+                    None if self.host_latency > 0 => {
+                        let due = self.now + self.host_latency;
+                        self.host_due = Some(due);
+                        self.push(due, Event::HostRun);
+                    }
+                    Some(due) if self.now < due => {}
+                    _ => {
+                        self.host_due = None;
+                        self.kick = false;
+                        return Ok(Wake::Work);
+                    }
+                }
             }
             let Some(Reverse((at, _, ev))) = self.events.pop() else {
                 self.finish();
@@ -598,7 +817,11 @@ impl Kernel for Simulator {
         t.queued_on_dsq = true;
         let prev = t.prev_cpu;
         let target = match d.cpu {
-            CpuTarget::Cpu(c) if (c as usize) < self.cpus.len() => {
+            CpuTarget::Cpu(c)
+                if (c as usize) < self.cpus.len()
+                    && self.can_run(i, c)
+                    && !self.cpus[c as usize].rt_busy =>
+            {
                 self.cpus[c as usize].local.push_back(i);
                 self.local_queued += 1;
                 self.next_on(c);
@@ -609,9 +832,7 @@ impl Kernel for Simulator {
                     self.counters.nr_bounce_dispatches += 1;
                 }
                 self.push_shared(d.vtime, i);
-                if self.idle_cpu(prev).is_some() {
-                    self.kick_idle(prev);
-                }
+                self.kick_idle_for(i);
                 prev
             }
         };
@@ -624,9 +845,10 @@ impl Kernel for Simulator {
         Ok(())
     }
 
-    fn default_select_cpu(&mut self, task: &QueuedTask) -> CpuTarget {
-        let prev = (task.cpu.max(0) as u32).min(self.cpus.len() as u32 - 1);
-        self.idle_cpu(prev).map_or(CpuTarget::Any, CpuTarget::Cpu)
+    /// As the BPF backend: any CPU; the idle pick happens when the
+    /// decision lands (the shared queue insert kicks an idle CPU it may run on).
+    fn default_select_cpu(&mut self, _task: &QueuedTask) -> CpuTarget {
+        CpuTarget::Any
     }
 
     fn nr_cpus(&self) -> u32 {
@@ -650,6 +872,11 @@ impl Kernel for Simulator {
             running: self.counters.nr_running,
             inflight: (self.local_queued + self.shared.len() + self.fallback.len()) as u64,
             unsent: 0,
+            idle_cpus: self
+                .cpus
+                .iter()
+                .filter(|c| c.current.is_none() && !c.rt_busy)
+                .count() as u64,
         }
     }
 

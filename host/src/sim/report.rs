@@ -23,6 +23,9 @@ pub struct GroupReport {
     pub wakeup_p99_ns: u64,
     /// Wake-up latency, worst (ns).
     pub wakeup_max_ns: u64,
+    /// Longest any task of the group stayed runnable without running (ns):
+    /// what the watchdog judges.
+    pub wait_max_ns: u64,
     /// Fraction of all CPU time the group got (0..=1).
     pub cpu_share: f64,
     /// Bursts completed (for CPU-bound tasks: slices run).
@@ -41,6 +44,7 @@ impl GroupReport {
             wakeup_p50_ns: 0,
             wakeup_p99_ns: 0,
             wakeup_max_ns: 0,
+            wait_max_ns: 0,
             cpu_share: 0.0,
             runs: 0,
             runtime_ns: 0,

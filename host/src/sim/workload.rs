@@ -35,6 +35,13 @@ pub struct Workload {
     /// the shared queue (counted as congestion).
     #[serde(default = "default_ring_size")]
     pub ring_size: usize,
+    /// How long the host takes to answer once woken (µs): CPUs it would
+    /// feed wait meanwhile, as on the real path (default 0).
+    #[serde(default)]
+    pub host_latency_us: u64,
+    /// RT tasks that take a CPU away from the scheduler now and then.
+    #[serde(default)]
+    pub rt: Vec<RtLoad>,
     /// Task groups.
     #[serde(rename = "group")]
     pub groups: Vec<Group>,
@@ -71,8 +78,30 @@ pub struct Group {
     /// The tasks are threads of one process (one tgid) instead of processes.
     #[serde(default)]
     pub threads: bool,
+    /// CPUs the tasks may run on (default: all).
+    pub cpus: Option<Vec<u32>>,
+    /// Each task exits after this long (µs) and a fresh fork takes its
+    /// place: a new pid, kernel vtime 0, a first enqueue with no wake-up flag.
+    pub lifetime_us: Option<u64>,
+    /// Every this long (µs) each task's affinity changes (one random CPU,
+    /// then all CPUs again), which dequeues and re-queues a waiting task.
+    pub move_every_us: Option<u64>,
     /// What each task does.
     pub behaviour: Behaviour,
+}
+
+/// An RT (SCHED_FIFO) task pinned to `cpu`: every `period_us` it takes the
+/// CPU for `runtime_us`; whatever sched_ext ran or had queued there is handed
+/// back to run elsewhere.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RtLoad {
+    /// The CPU it takes.
+    pub cpu: u32,
+    /// Period (µs).
+    pub period_us: u64,
+    /// How long it holds the CPU each period (µs).
+    pub runtime_us: u64,
 }
 
 /// What a task does.
@@ -154,6 +183,21 @@ impl Workload {
         if self.groups.is_empty() {
             return Err("no [[group]] declared".into());
         }
+        const HOUR_US: u64 = 3_600_000_000;
+        if self.host_latency_us > HOUR_US {
+            return Err("host_latency_us must be at most one hour".into());
+        }
+        for r in &self.rt {
+            if r.cpu >= self.cpus {
+                return Err(format!(
+                    "[[rt]] cpu {} is not one of the {} CPUs",
+                    r.cpu, self.cpus
+                ));
+            }
+            if r.period_us > HOUR_US || r.runtime_us == 0 || r.runtime_us >= r.period_us {
+                return Err("[[rt]] needs 0 < runtime_us < period_us <= one hour".into());
+            }
+        }
         let total: u64 = self.groups.iter().map(|g| g.count as u64).sum();
         if total > 100_000 {
             return Err(format!("{total} tasks is more than the simulator's 100000"));
@@ -173,8 +217,21 @@ impl Workload {
             if matches!(g.weight, Some(w) if !(1..=10000).contains(&w)) {
                 return Err(at("weight must be within 1..=10000"));
             }
+            if let Some(cpus) = &g.cpus {
+                if cpus.is_empty() || cpus.iter().any(|&c| c >= self.cpus) {
+                    return Err(at("cpus must list some of the workload's CPUs"));
+                }
+            }
+            let bad_every = |v: Option<u64>| matches!(v, Some(us) if us == 0 || us > HOUR_US);
+            if bad_every(g.lifetime_us) || bad_every(g.move_every_us) {
+                return Err(at(
+                    "lifetime_us and move_every_us must be within 1..=one hour",
+                ));
+            }
+            if g.lifetime_us.is_some() && matches!(g.behaviour, Behaviour::PingPong { .. }) {
+                return Err(at("ping-pong pairs cannot have a lifetime"));
+            }
             // Every length is kept within an hour, so no product overflows.
-            const HOUR_US: u64 = 3_600_000_000;
             let too_long = match g.behaviour {
                 Behaviour::CpuBound {} => false,
                 Behaviour::Periodic { period_us, .. } => period_us > HOUR_US,
@@ -272,6 +329,22 @@ mod tests {
                 "count",
             ),
             ("", "missing field `group`"),
+            (
+                "[[group]]\nname='a'\ncount=1\ncpus=[2]\nbehaviour={kind='cpu-bound'}\n",
+                "cpus must list",
+            ),
+            (
+                "[[group]]\nname='a'\ncount=2\nlifetime_us=5\nbehaviour={kind='ping-pong', runtime_us=5}\n",
+                "cannot have a lifetime",
+            ),
+            (
+                "[[rt]]\ncpu=5\nperiod_us=10\nruntime_us=5\n[[group]]\nname='a'\ncount=1\nbehaviour={kind='cpu-bound'}\n",
+                "[[rt]] cpu 5",
+            ),
+            (
+                "[[rt]]\ncpu=0\nperiod_us=10\nruntime_us=10\n[[group]]\nname='a'\ncount=1\nbehaviour={kind='cpu-bound'}\n",
+                "runtime_us < period_us",
+            ),
         ] {
             let e = parse(&format!("{HEAD}{body}")).unwrap_err();
             assert!(
