@@ -1,5 +1,6 @@
 //! Prints one table: every shipped plugin × every simulator workload, with
-//! wake-up latency p50/p99 and CPU share per group.
+//! wake-up latency p50/p99, the longest wait of a runnable task and CPU share
+//! per group.
 //!
 //! `cargo run --release -p rthulhu-tests --bin policy-table`
 
@@ -14,13 +15,13 @@ const PLUGINS: [(&str, &str); 3] = [
     ("deadline", "configs/deadline.toml"),
     ("strategy", "configs/strategy.toml"),
 ];
-const WORKLOADS: [&str; 4] = ["interactive", "messaging", "priority", "mixed"];
+const WORKLOADS: [&str; 5] = ["interactive", "messaging", "priority", "mixed", "churn"];
 
 fn main() {
     let bin = built(!cfg!(debug_assertions));
     println!(
-        "{:<12} {:<9} {:<12} {:>10} {:>10} {:>7}",
-        "workload", "plugin", "group", "p50 µs", "p99 µs", "cpu %"
+        "{:<12} {:<9} {:<12} {:>10} {:>10} {:>12} {:>7}",
+        "workload", "plugin", "group", "p50 µs", "p99 µs", "wait max ms", "cpu %"
     );
     for w in WORKLOADS {
         let path = repo().join(format!("configs/workloads/{w}.toml"));
@@ -34,12 +35,13 @@ fn main() {
             let r = simulate(name, policy, &workload, SliceOpts::default(), true).expect("runs");
             for g in &r.groups {
                 println!(
-                    "{:<12} {:<9} {:<12} {:>10.1} {:>10.1} {:>7.2}",
+                    "{:<12} {:<9} {:<12} {:>10.1} {:>10.1} {:>12.1} {:>7.2}",
                     w,
                     name,
                     g.name,
                     g.wakeup_p50_ns as f64 / 1e3,
                     g.wakeup_p99_ns as f64 / 1e3,
+                    g.wait_max_ns as f64 / 1e6,
                     g.cpu_share * 100.0
                 );
             }

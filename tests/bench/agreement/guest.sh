@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR MIT
+# Inside the VM (see tests/bench/agreement/run): each plugin in turn, the
+# agreement workloads; prints "RESULT plugin workload value" lines.
+set -u
+bin=$1
+shift
+repo=$(cd "$(dirname "$0")/../../.." && pwd)
+. "$repo/tests/vm/lib.sh"
+cd "$(mktemp -d)" || exit 1
+p99() { sed -n 's/.*late_p99_us \([0-9]*\).*/\1/p'; }
+for p in "$@"; do
+  "$bin/host" --config "$repo/configs/$p.toml" > "host-$p.log" 2>&1 &
+  h=$!
+  wait_state enabled 200 || { echo "agreement: $p did not attach" >&2; continue; }
+  stress-ng --cpu 4 -t 8 > /dev/null 2>&1 &
+  echo "RESULT $p hogs-periodic $("$bin/probe" 10 8 | p99)"
+  wait
+  t=$(hackbench -g 4 -l 200 2>&1 | sed -n 's/^Time: //p')
+  echo "RESULT $p messaging $(awk -v t="$t" 'BEGIN { printf "%.3f", 1 / t }')"
+  stress-ng --cpu 2 --fork 2 -t 8 > /dev/null 2>&1 &
+  echo "RESULT $p churn $("$bin/probe" 10 8 | p99)"
+  wait
+  [ "$(state)" = enabled ] || echo "RESULT $p ejected 1"
+  kill -INT $h
+  wait $h
+  wait_state disabled 50
+done
