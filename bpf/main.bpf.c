@@ -355,8 +355,18 @@ static void enqueue_in_kernel(struct task_struct *p, u64 enq_flags)
 		insert_fallback(p, enq_flags);
 		return;
 	}
-	if (is_host_thread(p)) {
+	/* The dispatch loop runs in the host's main thread (pid == tgid). */
+	if (is_host_thread(p) && p->pid == usersched_tgid) {
 		enqueue_host_thread(p, enq_flags);
+		return;
+	}
+	/*
+	 * The host's other threads (stats, metrics, its watchdog) never wait on
+	 * it either, but they queue in kernel order: a client hammering the
+	 * metrics port must not make them preempt anyone.
+	 */
+	if (is_host_thread(p)) {
+		insert_fallback(p, enq_flags);
 		return;
 	}
 	if (p->nr_cpus_allowed == 1) {

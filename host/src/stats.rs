@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -101,26 +101,82 @@ pub struct Endpoint {
 
 impl Drop for Endpoint {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.socket);
+        // Only ever our socket: a path that is something else now stays.
+        if is_socket(&self.socket) {
+            let _ = std::fs::remove_file(&self.socket);
+        }
     }
 }
 
-/// Starts serving `shared` on `socket` (folder 0700, socket 0600) and, if
-/// given, as Prometheus text on `metrics` (a loopback address).
+fn is_socket(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+}
+
+/// The socket's folder: created here (0700), or an existing real folder
+/// that is ours and private. An existing folder is never changed.
+fn private_folder(dir: &Path) -> std::io::Result<()> {
+    let refuse = |why: String| {
+        std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("refusing stats folder {}: {why}", dir.display()),
+        )
+    };
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir),
+        Err(e) => Err(e),
+        Ok(m) if !m.file_type().is_dir() => Err(refuse("not a folder".into())),
+        // SAFETY: geteuid has no preconditions.
+        Ok(m) if m.uid() != unsafe { libc::geteuid() } => {
+            Err(refuse(format!("owned by uid {}, not by us", m.uid())))
+        }
+        Ok(m) if m.mode() & 0o077 != 0 => Err(refuse(format!(
+            "mode {:o} lets others in; give --stats-socket a path in a private folder (the host creates a missing one 0700)",
+            m.mode() & 0o7777
+        ))),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Starts serving `shared` on `socket` (socket 0600, in a private folder:
+/// one the host creates 0700, or an existing one that is ours and private)
+/// and, if given, as Prometheus text on `metrics` (a loopback address).
+/// Both listeners are bound before either server starts.
 pub fn serve(
     socket: &Path,
     metrics: Option<SocketAddr>,
     shared: Shared,
 ) -> std::io::Result<Endpoint> {
-    if let Some(dir) = socket.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
+        private_folder(dir)?;
     }
-    let _ = std::fs::remove_file(socket);
-    let listener = UnixListener::bind(socket)?;
+    match std::fs::symlink_metadata(socket) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(socket)?,
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; leaving it alone",
+                    socket.display()
+                ),
+            ))
+        }
+        Err(_) => {}
+    }
+    let tcp = metrics.map(TcpListener::bind).transpose()?;
+    // Born 0600: no moment at which others could connect.
+    // SAFETY: umask has no preconditions; the host starts this before any
+    // thread of its own that creates files.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(socket);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let listener = bound?;
+    let endpoint = Endpoint {
+        socket: socket.to_path_buf(),
+    };
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
     let json = shared.clone();
     std::thread::Builder::new()
@@ -135,8 +191,7 @@ pub fn serve(
                 }
             }
         })?;
-    if let Some(addr) = metrics {
-        let tcp = TcpListener::bind(addr)?;
+    if let Some(tcp) = tcp {
         std::thread::Builder::new().name("rthulhu-metrics".into()).spawn(move || {
             for mut conn in tcp.incoming().flatten() {
                 let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
@@ -151,9 +206,7 @@ pub fn serve(
             }
         })?;
     }
-    Ok(Endpoint {
-        socket: socket.to_path_buf(),
-    })
+    Ok(endpoint)
 }
 
 /// Prometheus text exposition of a snapshot.
@@ -311,6 +364,28 @@ mod tests {
         assert!(text.contains("name=\"preemptions\"} 7"));
         drop(endpoint);
         assert!(!socket.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn never_touches_a_folder_or_file_it_does_not_own() {
+        let dir = std::env::temp_dir().join(format!("rthulhu-stats-open-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A shared folder like /tmp: refused, and its mode left as it was.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let e = serve(&dir.join("s.sock"), None, Arc::default())
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("refusing stats folder"), "{e}");
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o1777);
+        // A private folder, but the path is a regular file: left alone.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let file = dir.join("not-a-socket");
+        std::fs::write(&file, "keep me").unwrap();
+        let e = serve(&file, None, Arc::default()).err().unwrap();
+        assert!(e.to_string().contains("not a socket"), "{e}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
