@@ -42,6 +42,16 @@ impl Config {
         Self::parse(path, &text)
     }
 
+    /// Reads the config from `file`, already open (see
+    /// [`safety::open`](crate::safety::open)), naming `path` in errors.
+    pub fn read(path: &Path, mut file: std::fs::File) -> Result<Self, InputError> {
+        use std::io::Read;
+        let mut text = String::new();
+        file.read_to_string(&mut text)
+            .map_err(|e| InputError::new(path, e))?;
+        Self::parse(path, &text)
+    }
+
     /// Parses `text`, naming `path` in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Self, InputError> {
         let file: File = toml::from_str(text).map_err(|e| toml_error(path, text, &e))?;

@@ -167,10 +167,7 @@ fn run(mut cli: Cli) -> Result<ExitCode> {
     }
     // Every input is read and checked before anything starts.
     let config = match &cli.config {
-        Some(path) => {
-            safety::check(path, cli.allow_untrusted_files)?;
-            Config::load(path)?
-        }
+        Some(path) => Config::read(path, safety::open(path, cli.allow_untrusted_files)?)?,
         None => Config::default(),
     };
     let workload = cli.simulate.as_deref().map(Workload::load).transpose()?;
@@ -185,10 +182,8 @@ fn run(mut cli: Cli) -> Result<ExitCode> {
                 "no plugin given: use --plugin PATH or [scheduler] plugin in the config",
             )
         })?;
-    if plugin_path.exists() {
-        safety::check(&plugin_path, cli.allow_untrusted_files)?;
-    }
-    let plugin = Plugin::load(&plugin_path)?;
+    let plugin_file = safety::open(&plugin_path, cli.allow_untrusted_files)?;
+    let plugin = Plugin::load_file(&plugin_path, &plugin_file)?;
     tracing::debug!(name = plugin.name(), version = plugin.version(), path = %plugin_path.display(), "plugin loaded");
     let scheduler = plugin.construct(&config.plugin_table).map_err(|msg| {
         let at = cli.config.as_deref().unwrap_or(&plugin_path);
@@ -390,7 +385,7 @@ fn reloader(cli: &Cli, first: &Config) -> Option<rthulhu::dispatcher::Reloader> 
     let allow_untrusted = cli.allow_untrusted_files;
     let plugin = first.plugin.clone();
     Some(Box::new(move || {
-        match safety::check(&path, allow_untrusted).and_then(|()| Config::load(&path)) {
+        match safety::open(&path, allow_untrusted).and_then(|f| Config::read(&path, f)) {
             Ok(c) => {
                 if c.plugin != plugin {
                     tracing::warn!("{}: a different plugin takes a restart; only [plugin] settings are reloaded", path.display());

@@ -17,11 +17,24 @@ pub struct Plugin {
 impl Plugin {
     /// Loads `path`, checking that it is an Rthulhu plugin whose ABI matches
     /// this host. The library stays mapped for the life of the process.
+    /// No ownership checks: the host opens plugins with
+    /// [`safety::open`](crate::safety::open) and [`Plugin::load_file`].
     pub fn load(path: &Path) -> Result<Self, InputError> {
-        if !path.is_file() {
+        let file = crate::safety::open(path, true)?;
+        Self::load_file(path, &file)
+    }
+
+    /// Loads the plugin from `file`, already open (through
+    /// `/proc/self/fd/N`: the file checked is the file loaded, never one
+    /// found on the library search path), naming `path` in errors.
+    pub fn load_file(path: &Path, file: &std::fs::File) -> Result<Self, InputError> {
+        use std::os::fd::AsRawFd;
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
             return Err(InputError::new(path, "plugin file not found"));
         }
-        let header = lib_header_from_path(path).map_err(|e| InputError::new(path, describe(&e)))?;
+        let by_fd = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        let header =
+            lib_header_from_path(&by_fd).map_err(|e| InputError::new(path, describe(&e)))?;
         // Name the two versions when they differ: clearer than a layout diff.
         let theirs = header.version_strings().version;
         let ours = env!("CARGO_PKG_VERSION");

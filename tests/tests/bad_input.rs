@@ -36,13 +36,16 @@ fn missing_plugin_file() {
 
 #[test]
 fn library_that_is_not_a_plugin() {
+    // The real path: as root, a path through a symbolic link (/lib on a
+    // merged-/usr system) is refused before anything is loaded.
     let libz = [
-        "/lib/x86_64-linux-gnu/libz.so.1",
         "/usr/lib/x86_64-linux-gnu/libz.so.1",
+        "/lib/x86_64-linux-gnu/libz.so.1",
     ]
     .into_iter()
-    .find(|p| std::path::Path::new(p).exists())
+    .find_map(|p| std::fs::canonicalize(p).ok())
     .expect("libz is installed");
+    let libz = libz.to_str().unwrap();
     refused(
         &["--plugin", libz, "--simulate", &mixed()],
         libz,
@@ -177,4 +180,49 @@ fn out_of_range_numbers_are_refused_before_anything_starts() {
         "(command line)",
         "--round-timeout-ms 6000 must be below --timeout-ms 5000",
     );
+}
+
+/// As root, the file checked is the file used: no symbolic link anywhere on
+/// the path, no folder others can write, no bare library name handed to the
+/// loader's search path, no check skipped for a file that is missing.
+#[test]
+fn plugin_paths_that_could_be_swapped_are_refused_as_root() {
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        unsafe { libc_geteuid() },
+        0,
+        "this test needs root (tests/run and CI run as root)"
+    );
+    let simple = plugin("simple");
+    let dir = std::env::temp_dir().join(format!("rthulhu-swap-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("open")).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A symbolic link that could be pointed elsewhere between check and load.
+    let link = dir.join("libswap.so");
+    std::os::unix::fs::symlink(&simple, &link).unwrap();
+    let l = link.to_str().unwrap();
+    refused(&["--plugin", l, "--simulate", &mixed()], l, "symbolic link");
+    // A folder anyone may write, above the plugin.
+    let open = dir.join("open");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let inside = open.join("libsimple.so");
+    std::fs::copy(&simple, &inside).unwrap();
+    let i = inside.to_str().unwrap();
+    refused(
+        &["--plugin", i, "--simulate", &mixed()],
+        i,
+        "refusing folder",
+    );
+    // Missing now (created later would not help: it is opened once, here).
+    let later = dir.join("libnotyet.so");
+    let n = later.to_str().unwrap();
+    refused(&["--plugin", n, "--simulate", &mixed()], n, "not found");
+    // A bare name is a file in the current folder, never the library path:
+    // libz.so.1 is on the loader's path, but not in the repository.
+    refused(
+        &["--plugin", "libz.so.1", "--simulate", &mixed()],
+        "libz.so.1",
+        "not found",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
