@@ -214,9 +214,10 @@ fn run(mut cli: Cli) -> Result<ExitCode> {
         )
         .into());
     }
-    round_watch::arm(std::time::Duration::from_millis(
-        cli.round_timeout_ms.into(),
-    ))
+    round_watch::arm(
+        std::time::Duration::from_millis(cli.round_timeout_ms.into()),
+        bpf::stop_requested,
+    )
     .context("starting the round watchdog")?;
     let Some(workload) = workload else {
         return attach(&cli, &plugin, &config, scheduler, slices);

@@ -41,16 +41,28 @@ pub fn running_for() -> Option<Duration> {
     }
 }
 
+/// How long a round may keep a stop signal waiting before the watchdog
+/// serves it itself.
+const STOP_GRACE: Duration = Duration::from_millis(200);
+
 /// Starts the watchdog: a round longer than `bound` prints one line and ends
 /// the process with exit status 1 (`_exit`: nothing else of the process
-/// runs, and its BPF link closes with it).
-pub fn arm(bound: Duration) -> std::io::Result<()> {
+/// runs, and its BPF link closes with it, so the kernel unloads the
+/// scheduler at once). When `stop_requested` (SIGINT/SIGTERM) and a round
+/// has kept it waiting past a short grace, it ends the process with status 0
+/// the same way: a signal is served even while a plugin spins.
+pub fn arm(bound: Duration, stop_requested: fn() -> bool) -> std::io::Result<()> {
     epoch();
-    let tick = (bound / 4).clamp(Duration::from_millis(5), Duration::from_millis(100));
+    let tick = (bound / 4).clamp(Duration::from_millis(5), Duration::from_millis(50));
     std::thread::Builder::new()
         .name("rthulhu-watch".into())
         .spawn(move || loop {
             std::thread::sleep(tick);
+            if stop_requested() && running_for().is_some_and(|t| t > STOP_GRACE) {
+                eprintln!("host: stopping on a signal while the plugin is busy; the kernel's default scheduler takes over");
+                // SAFETY: _exit has no preconditions; it ends the process at once.
+                unsafe { libc::_exit(0) };
+            }
             if let Some(t) = running_for().filter(|t| *t > bound) {
                 eprintln!(
                     "host: a round of the dispatch loop has run for {} ms (bound --round-timeout-ms {}): the plugin is stuck; exiting, the kernel's default scheduler takes over",

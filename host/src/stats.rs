@@ -194,7 +194,9 @@ pub fn serve(
     if let Some(tcp) = tcp {
         std::thread::Builder::new().name("rthulhu-metrics".into()).spawn(move || {
             for mut conn in tcp.incoming().flatten() {
+                // A client that stalls cannot hold the one server thread.
                 let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
+                let _ = conn.set_write_timeout(Some(Duration::from_millis(200)));
                 let mut req = [0u8; 1024];
                 let _ = conn.read(&mut req);
                 let text = prometheus(&shared.lock().unwrap_or_else(|e| e.into_inner()));

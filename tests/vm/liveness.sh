@@ -70,8 +70,11 @@ case_staggered() {
 	local rc=$?
 	ticks=$(grep -c '^tick ' "$out")
 	cp "$out" "$logs/staggered-$s.out"
+	# The freeze's signature: the ticker stops and the script never ends.
+	# Ticks are counted while the second pair runs (10 s; EEVDF's count is
+	# printed beside); two or more mean the ticker kept going.
 	[ $rc -eq 0 ] && grep -q '^NEW: .* cpu ' "$out" && grep -q '^OLD: .* cpu ' "$out" &&
-		[ "$ticks" -ge 4 ] || return 1
+		[ "$ticks" -ge 2 ] || return 1
 	# Attached all along (the reproducer prints the state with every tick).
 	[ "$s" = eevdf ] || ! grep -q 'tick .* disabled' "$out"
 }

@@ -211,5 +211,32 @@ else
   fail "spinning plugin" "rc $rc, state $(state): $(tail -3 "$log")"
 fi
 
+# SIGTERM while the plugin spins (before the round watchdog's bound): served
+# within a moment, exit 0, the kernel's default scheduler takes over.
+log=$logs/spinner-term.log
+start_host "$log" --config "$(config spin-term spinner 'after_calls = 50')" --round-timeout-ms 4000
+wait_state enabled 200
+stress-ng -t 6 -c 4 > /dev/null 2>&1 &
+load=$!
+sleep 2
+kill -TERM $host_pid
+n=0
+while kill -0 $host_pid 2>/dev/null && [ $n -lt 15 ]; do sleep 0.1; n=$((n + 1)); done
+if kill -0 $host_pid 2>/dev/null; then
+  fail "SIGTERM while the plugin spins" "still running 1.5 s after SIGTERM"
+  kill -9 $host_pid
+  wait $host_pid
+else
+  wait $host_pid
+  rc=$?
+  if [ $rc -eq 0 ] && grep -aq "stopping on a signal while the plugin is busy" "$log" && wait_state disabled 50; then
+    ok "SIGTERM while the plugin spins: served within $((n * 100)) ms, exit 0"
+  else
+    fail "SIGTERM while the plugin spins" "rc $rc, state $(state): $(tail -3 "$log")"
+  fi
+fi
+kill $load 2>/dev/null
+wait $load 2>/dev/null
+
 echo "vm: $passed passed, $failed failed"
 [ $failed -eq 0 ]

@@ -99,6 +99,11 @@ extern "C" fn on_signal(sig: libc::c_int) {
     flag.store(true, Ordering::Relaxed);
 }
 
+/// Whether SIGINT or SIGTERM asked the host to stop.
+pub fn stop_requested() -> bool {
+    STOP.load(Ordering::Relaxed)
+}
+
 /// Routes SIGINT and SIGTERM (stop) and SIGHUP (reload the config) to flags
 /// the loop checks. No SA_RESTART, so a blocked poll returns at once.
 pub fn install_signal_handlers() {
