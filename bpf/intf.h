@@ -16,7 +16,7 @@
 /*
  * Queue of tasks that do not wait for the host: kernel threads, tasks handed
  * back from a CPU a higher class took, and tasks rescued from a late host.
- * FIFO, and served before the shared queue (its tasks already waited).
+ * FIFO; CPUs serve it and the shared queue in turn.
  */
 #define RTHULHU_FALLBACK_DSQ 1ULL
 

@@ -17,7 +17,7 @@
  * host, and so does the heartbeat timer (every heartbeat_ns) while it holds
  * any. If a CPU has been idle for a whole heartbeat while tasks are held, the
  * held tasks that waited that long are *rescued*: moved into the fallback
- * queue, which every CPU serves first. If the host has not finished a round
+ * queue, which CPUs serve in turn with the shared one. If the host has not finished a round
  * for two heartbeats while it holds tasks, it is late (stopped, stuck in a
  * plugin, too slow): all it holds is rescued, and new tasks *bypass* it until
  * it finishes a round again. The
@@ -123,6 +123,8 @@ volatile u64 nr_shared_queued, nr_fallback_queued, nr_queued;
 volatile u32 rescue_pending;
 /* While set, new tasks skip the host (it was late for a whole heartbeat). */
 volatile u32 bypass;
+/* Which of the fallback and shared queues a CPU looks at first (they alternate). */
+u64 dispatch_turn;
 
 /* When each CPU went idle (0: busy). */
 u64 idle_since[RTHULHU_MAX_CPUS];
@@ -571,10 +573,19 @@ int rthulhu_dispatch(unsigned long long *ctx)
 	}
 	if (dc.slots)
 		bpf_user_ringbuf_drain(&dispatched, dispatch_one, &dc, 0);
-	if (scx_bpf_dsq_move_to_local(RTHULHU_FALLBACK_DSQ))
+	/*
+	 * The two queues take turns, so neither starves the other: a burst of
+	 * rescued tasks must not hold back what the host orders next (a woken
+	 * interactive task), nor the host's queue hold back what waited longest.
+	 */
+	if (__sync_fetch_and_add(&dispatch_turn, 1) & 1) {
+		if (scx_bpf_dsq_move_to_local(RTHULHU_SHARED_DSQ) ||
+		    scx_bpf_dsq_move_to_local(RTHULHU_FALLBACK_DSQ))
+			return 0;
+	} else if (scx_bpf_dsq_move_to_local(RTHULHU_FALLBACK_DSQ) ||
+		   scx_bpf_dsq_move_to_local(RTHULHU_SHARED_DSQ)) {
 		return 0;
-	if (scx_bpf_dsq_move_to_local(RTHULHU_SHARED_DSQ))
-		return 0;
+	}
 	/* This CPU has nothing to run: if the host holds tasks, it must decide now. */
 	if (nr_held)
 		wake_host(false);

@@ -2,7 +2,8 @@
 //! CPUs with local dispatch queues, a shared queue, a kernel-to-host queue
 //! of bounded size, slices that expire, wake-ups and sleeps, the real path's
 //! heartbeat and rescue (a CPU idle for a heartbeat while the host holds
-//! tasks moves them to a kernel-ordered fallback queue, served first; see
+//! tasks moves them to a kernel-ordered fallback queue, served in turn with
+//! the shared queue; see
 //! docs/engine.md), and the watchdog that ejects the scheduler when a
 //! runnable task is left waiting.
 //!
@@ -119,8 +120,10 @@ pub struct Simulator {
     cpus: Vec<Cpu>,
     /// The shared queue, ordered by (vtime, arrival) like a vtime DSQ.
     shared: BTreeMap<(u64, u64), usize>,
-    /// The fallback queue (FIFO): rescued tasks, served before `shared`.
+    /// The fallback queue (FIFO): rescued tasks; CPUs serve it and `shared` in turn.
     fallback: VecDeque<usize>,
+    /// Whose turn it is: odd, `shared` first.
+    turn: u64,
     /// Times a CPU idled a heartbeat while the host held tasks, and tasks moved.
     pub rescues: u64,
     /// Tasks those rescues moved.
@@ -168,6 +171,7 @@ impl Simulator {
             cpus: (0..w.cpus).map(|_| Cpu::default()).collect(),
             shared: BTreeMap::new(),
             fallback: VecDeque::new(),
+            turn: 0,
             rescues: 0,
             rescued: 0,
             held: 0,
@@ -642,16 +646,16 @@ impl Simulator {
         }
         let local = self.cpus[cpu as usize].local.pop_front();
         self.local_queued -= usize::from(local.is_some());
-        // Queues are served in order, skipping tasks that may not run here.
-        let next = local
-            .or_else(|| {
-                let k = self.fallback.iter().position(|&i| self.can_run(i, cpu))?;
-                self.fallback.remove(k)
-            })
-            .or_else(|| {
-                let key = *self.shared.iter().find(|(_, &i)| self.can_run(i, cpu))?.0;
-                self.shared.remove(&key)
-            });
+        // The local queue, then the fallback and shared queues in turn,
+        // skipping tasks that may not run here.
+        self.turn += 1;
+        let next = local.or_else(|| {
+            if self.turn % 2 == 1 {
+                self.take_shared(cpu).or_else(|| self.take_fallback(cpu))
+            } else {
+                self.take_fallback(cpu).or_else(|| self.take_shared(cpu))
+            }
+        });
         match next {
             Some(i) => self.run(cpu, i),
             None => {
@@ -661,6 +665,16 @@ impl Simulator {
                 self.kick |= self.held > 0;
             }
         }
+    }
+
+    fn take_fallback(&mut self, cpu: u32) -> Option<usize> {
+        let k = self.fallback.iter().position(|&i| self.can_run(i, cpu))?;
+        self.fallback.remove(k)
+    }
+
+    fn take_shared(&mut self, cpu: u32) -> Option<usize> {
+        let key = *self.shared.iter().find(|(_, &i)| self.can_run(i, cpu))?.0;
+        self.shared.remove(&key)
     }
 
     fn run(&mut self, cpu: u32, i: usize) {
