@@ -34,7 +34,8 @@
  * The first 88 bytes have the layout of plugin_api::QueuedTask; `gen` is the
  * host's: it comes back with the decision so that BPF can drop a decision
  * made for an older record of the same task. A record with pid 0 carries no
- * task: it only wakes the host.
+ * task: it only wakes the host; one with pid -P says BPF took task P back
+ * (rescued or dequeued) from the host's record `gen`.
  */
 struct rthulhu_queued {
 	int pid;

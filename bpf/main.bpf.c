@@ -252,6 +252,24 @@ static bool cpu_taken(s32 cpu)
 	return taken;
 }
 
+/*
+ * Tells the host that BPF took back the task it holds under record `gen`
+ * (a record with pid -pid), so it skips the plugin's copy instead of
+ * spending a CPU's turn on a decision that would be dropped. Best effort: a
+ * lost notice only costs that turn.
+ */
+static void notify_taken_back(s32 pid, u64 gen)
+{
+	struct rthulhu_queued *r = bpf_ringbuf_reserve(&queued, sizeof(*r), 0);
+
+	if (!r)
+		return;
+	__builtin_memset(r, 0, sizeof(*r));
+	r->pid = -pid;
+	r->gen = gen;
+	bpf_ringbuf_submit(r, 0);
+}
+
 /* Clears p's held mark; true for the one caller that cleared it. */
 static bool take_held(struct task_ctx *tctx, s32 pid)
 {
@@ -457,7 +475,8 @@ int rthulhu_dequeue(unsigned long long *ctx)
 
 	/* Affinity, nice, cgroup move...: the host's record is stale now. */
 	if (tctx) {
-		take_held(tctx, p->pid);
+		if (take_held(tctx, p->pid))
+			notify_taken_back(p->pid, tctx->gen);
 		take_inflight(tctx);
 	}
 	return 0;
@@ -546,6 +565,7 @@ static long rescue_one(void *map, s32 *pid, struct held_task *h, struct rescue_c
 	if (tctx && tctx->gen == h->gen && take_held(tctx, *pid)) {
 		scx_bpf_dsq_insert(p, RTHULHU_FALLBACK_DSQ, slice_ns, 0);
 		__sync_fetch_and_add(&nr_rescued, 1);
+		notify_taken_back(*pid, tctx->gen);
 		rc->slots--;
 	}
 	bpf_task_release(p);

@@ -109,6 +109,8 @@ pub struct LoopStats {
     pub decisions: u64,
     /// Wall time spent scheduling (not blocked in `wait`).
     pub busy: Duration,
+    /// Decisions for tasks the kernel side had taken back (skipped).
+    pub ghosts: u64,
 }
 
 /// Why the loop stopped with an error.
@@ -271,6 +273,12 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
             else {
                 break;
             };
+            // A task the kernel side took back meanwhile: the plugin's pool
+            // still had it. Nothing to send, and no CPU was spent on it.
+            if host.0.is_ghost(pid) {
+                self.stats.ghosts += 1;
+                continue;
+            }
             let slice = if slice_ns == 0 {
                 self.slices.for_waiting(waiting)
             } else {

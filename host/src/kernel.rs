@@ -97,6 +97,13 @@ pub trait Kernel {
     fn wait(&mut self) -> Result<Wake, KernelError>;
     /// Next queued task, if any.
     fn dequeue(&mut self) -> Option<QueuedTask>;
+    /// Whether the plugin's task `pid` is a ghost: the kernel side took it
+    /// back (rescued it, or dequeued it) or it was decided already, so a
+    /// decision for it would be dropped. The loop skips ghosts without
+    /// spending its window on them.
+    fn is_ghost(&self, _pid: i32) -> bool {
+        false
+    }
     /// Sends a decision to the kernel side.
     fn dispatch(&mut self, task: &DispatchedTask) -> Result<(), KernelError>;
     /// The kernel's default idle-CPU pick.

@@ -354,6 +354,7 @@ fn observer(
             decisions_per_sec: (t.stats.decisions - last.1) as f64 / wall,
             pending: t.pending,
             busy_share: (t.stats.busy - last.2).as_secs_f64() / wall,
+            ghosts: t.stats.ghosts,
         };
         s.plugin_counters = t.plugin_counters.into_iter().collect();
         last = (now, t.stats.decisions, t.stats.busy);

@@ -89,6 +89,9 @@ pub struct HostFigures {
     pub pending: u64,
     /// Host CPU time spent scheduling, as a share of wall time, last interval.
     pub busy_share: f64,
+    /// The plugin's decisions for tasks the kernel side had taken back (skipped).
+    #[serde(default)]
+    pub ghosts: u64,
 }
 
 /// The shared snapshot the loop updates and the servers read.
@@ -317,11 +320,12 @@ pub fn line(s: &Snapshot) -> String {
     );
     let v = &s.liveness;
     l.push_str(&format!(
-        " | held {} direct {} keep {} stale {} rescues {} rescued {} bypassed {} reenqueued {}",
+        " | held {} direct {} keep {} stale {} ghosts {} rescues {} rescued {} bypassed {} reenqueued {}",
         v.held,
         v.direct_dispatches,
         v.keep_running,
         v.stale_dispatches,
+        s.host.ghosts,
         v.rescues,
         v.rescued,
         v.bypassed,

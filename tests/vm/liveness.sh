@@ -159,18 +159,31 @@ declare -A title=(
 )
 declare -A probe_s=([staggered]=40 [fork]=11 [rt]=11 [pinned]=11 [herd]=11 [stopped]=11)
 
-for c in "${cases[@]}"; do
-	name="liveness: ${title[$c]:-$c}"
-	[ "$ncpu" -gt 2 ] && name="liveness: $ncpu vCPUs: ${title[$c]:-$c}"
-	for s in "${scheds[@]}"; do
-		log=$logs/liveness-$c-$s.log
-		host_pid=
-		# The reproducer attaches the host itself.
-		if [ "$c" != staggered ] && ! start_sched "$s" "$log"; then
+# Counter $2 of the host log $1, 0 when there is none yet.
+counter() { local v; v=$(stat_of "$1" "$2"); echo "${v:-0}"; }
+
+# Each scheduler is attached once for all its cases (every attach and detach
+# patches kernel text; fewer of them, fewer chances for the emulator's race,
+# see tests/vm/README.md), and again only after the reproducer, which starts
+# its own host, or after a case that lost it.
+for s in "${scheds[@]}"; do
+	log=$logs/liveness-$s.log
+	host_pid=
+	for c in "${cases[@]}"; do
+		name="liveness: ${title[$c]:-$c}"
+		[ "$ncpu" -gt 2 ] && name="liveness: $ncpu vCPUs: ${title[$c]:-$c}"
+		if [ "$c" = staggered ]; then
+			stop_sched "$log"
+			host_pid=
+		elif [ -z "$host_pid" ] && ! start_sched "$s" "$log"; then
 			fail "$name [$s]" "did not attach: $(tail -3 "$log")"
 			stop_sched "$log"
+			host_pid=
 			continue
 		fi
+		before_rescues=$(counter "$log" rescues)
+		before_rescued=$(counter "$log" rescued)
+		before_stale=$(counter "$log" stale)
 		"$bin/probe" 10 "${probe_s[$c]}" >"$work/probe.out" &
 		probe=$!
 		start=$SECONDS
@@ -178,16 +191,25 @@ for c in "${cases[@]}"; do
 		case_rc=$?
 		wait $probe
 		took=$((SECONDS - start))
+		sleep 1.2 # one more --stats line
 		attached=yes
-		if [ "$s" != eevdf ] && [ "$c" != staggered ] && [ "$(state)" != enabled ]; then attached=no; fi
-		stop_sched "$log"
-		[ "$c" = staggered ] && [ "$s" != eevdf ] && cp /tmp/h.log "$log" 2>/dev/null
+		host_rc=0
+		if [ "$c" = staggered ]; then
+			[ "$s" != eevdf ] && cp /tmp/h.log "$logs/liveness-staggered-$s.log" 2>/dev/null
+		elif [ "$s" != eevdf ] && { [ "$(state)" != enabled ] || ! kill -0 "$host_pid" 2>/dev/null; }; then
+			attached=no
+			stop_sched "$log"
+			host_pid=
+		fi
 		late=$(sed -n 's/.*late_max_us \([0-9]*\).*/\1/p' "$work/probe.out")
 		late=${late:-999999999}
 		ejected=no
 		grep -aq 'ejected' "$log" 2>/dev/null && ejected=yes
 		figures="probe worst $((late / 1000)) ms, ran ${took}s"
-		[ "$s" != eevdf ] && figures="$figures, rescues $(stat_of "$log" rescues), rescued $(stat_of "$log" rescued), reenqueued $(stat_of "$log" reenqueued), stale $(stat_of "$log" stale)"
+		rescues=$(($(counter "$log" rescues) - before_rescues))
+		if [ "$s" != eevdf ] && [ "$c" != staggered ]; then
+			figures="$figures, rescues $rescues, rescued $(($(counter "$log" rescued) - before_rescued)), stale $(($(counter "$log" stale) - before_stale))"
+		fi
 		[ "$c" = staggered ] && figures="$figures, ticks $ticks"
 		if [ "$s" = eevdf ]; then
 			eevdf_late[$c]=$late
@@ -203,16 +225,20 @@ for c in "${cases[@]}"; do
 		figures="$figures; bound $((bound / 1000)) ms from EEVDF's $((ref / 1000)) ms, ejected $ejected"
 		if [ $case_rc -ne 0 ]; then
 			fail "$name [$s]" "workload did not end well ($figures): $(tail -3 "$log")"
-		elif [ $ejected = yes ] || [ $attached = no ] || [ $host_rc -ne 0 ]; then
-			fail "$name [$s]" "ejected or detached (host rc $host_rc, $figures): $(grep -a ejected "$log" | head -2)"
+		elif [ $ejected = yes ] || [ $attached = no ]; then
+			fail "$name [$s]" "ejected or detached ($figures): $(grep -a ejected "$log" | head -2)"
 		elif [ "$late" -gt "$bound" ]; then
 			fail "$name [$s]" "probe too late ($figures)"
-		elif [ "$c" = stopped ] && [ "$(stat_of "$log" rescues)" = 0 ]; then
+		elif [ "$c" = stopped ] && [ "$rescues" -le 0 ]; then
 			fail "$name [$s]" "the host was stopped but nothing was rescued ($figures)"
 		else
 			ok "$name [$s]: $figures"
 		fi
 	done
+	stop_sched "$log"
+	if [ "$s" != eevdf ] && [ -n "$host_pid" ] && [ "$host_rc" -ne 0 ]; then
+		fail "liveness: $s detaches cleanly" "host exit $host_rc: $(tail -3 "$log")"
+	fi
 done
 
 echo "liveness: $passed passed, $failed failed"

@@ -128,13 +128,19 @@ pub struct BpfKernel<'obj> {
     nr_cpus: u32,
     /// Decisions written to the dispatch ring so far.
     submitted: u64,
-    /// Generation of the record each task the plugin holds came with.
+    /// Generation of the record each task the plugin holds came with; a
+    /// task missing here is a ghost (rescued, dequeued or already decided).
     gens: HashMap<i32, u64>,
+    /// Records BPF said it took back (rescued or dequeued), by pid and
+    /// generation, not yet matched with the record they cancel.
+    cancelled: HashMap<i32, u64>,
     cgroups: cgroups::CgroupPaths,
 }
 
 struct Inbox {
     tasks: VecDeque<QueuedRecord>,
+    /// (pid, generation) of records BPF took back: a record with pid -P.
+    cancels: VecDeque<(i32, u64)>,
     woken: bool,
 }
 
@@ -163,6 +169,7 @@ impl<'obj> BpfKernel<'obj> {
 
         let inbox = Rc::new(RefCell::new(Inbox {
             tasks: VecDeque::with_capacity(crate::bpf::RING_RECORDS),
+            cancels: VecDeque::with_capacity(crate::bpf::RING_RECORDS),
             woken: false,
         }));
         let sink = inbox.clone();
@@ -175,6 +182,9 @@ impl<'obj> BpfKernel<'obj> {
             // SAFETY: the record has QueuedRecord's layout (checked above and in intf.h).
             let t: QueuedRecord = unsafe { std::ptr::read_unaligned(data.as_ptr().cast()) };
             if t.task.pid == 0 {
+                inbox.woken = true;
+            } else if t.task.pid < 0 {
+                inbox.cancels.push_back((-t.task.pid, t.gen));
                 inbox.woken = true;
             } else {
                 inbox.tasks.push_back(t);
@@ -194,6 +204,7 @@ impl<'obj> BpfKernel<'obj> {
             nr_cpus: crate::cpus::online_count().map_err(KernelError)?,
             submitted: 0,
             gens: HashMap::with_capacity(MAX_HELD),
+            cancelled: HashMap::with_capacity(MAX_HELD),
             cgroups: cgroups::CgroupPaths::default(),
         })
     }
@@ -295,9 +306,27 @@ impl Kernel for BpfKernel<'_> {
             self.ring.consume_raw();
             inbox = self.inbox.borrow_mut();
         }
-        let rec = inbox.tasks.pop_front()?;
-        self.gens.insert(rec.task.pid, rec.gen);
-        Some(rec.task)
+        while let Some((pid, gen)) = inbox.cancels.pop_front() {
+            if self.gens.get(&pid) == Some(&gen) {
+                self.gens.remove(&pid);
+            } else {
+                // Its record is still on its way: drop it when it comes.
+                self.cancelled.insert(pid, gen);
+            }
+        }
+        loop {
+            let rec = inbox.tasks.pop_front()?;
+            if self.cancelled.get(&rec.task.pid) == Some(&rec.gen) {
+                self.cancelled.remove(&rec.task.pid);
+                continue;
+            }
+            self.gens.insert(rec.task.pid, rec.gen);
+            return Some(rec.task);
+        }
+    }
+
+    fn is_ghost(&self, pid: i32) -> bool {
+        !self.gens.contains_key(&pid)
     }
 
     fn dispatch(&mut self, d: &DispatchedTask) -> Result<(), KernelError> {
