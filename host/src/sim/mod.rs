@@ -447,7 +447,7 @@ impl Simulator {
         t.state = State::Exited;
         let g = t.group;
         let idx = self.tasks.len();
-        let mut child = Task {
+        let child = Task {
             state: State::Sleeping,
             vtime: 0,
             exec_runtime: 0,
@@ -466,7 +466,6 @@ impl Simulator {
             partner: None,
             ..self.tasks[i]
         };
-        child.prev_cpu = self.tasks[i].prev_cpu;
         self.tasks.push(child);
         self.wake(idx);
     }
@@ -857,6 +856,16 @@ impl Kernel for Simulator {
             self.stop(target);
         }
         Ok(())
+    }
+
+    /// As the BPF backend, which hears of every task it took back: a task
+    /// no longer waiting for a decision (rescued, or decided already).
+    fn is_ghost(&self, pid: i32) -> bool {
+        let i = pid
+            .checked_sub(PID_BASE)
+            .and_then(|i| usize::try_from(i).ok());
+        i.and_then(|i| self.tasks.get(i))
+            .is_none_or(|t| t.state != State::Waiting || t.queued_on_dsq)
     }
 
     /// As the BPF backend: any CPU; the idle pick happens when the
