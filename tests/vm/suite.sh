@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0 OR MIT
-# The VM tests, run inside the guest by tests/vm/tests (one boot for all):
+# The functional VM tests, run inside the guest by tests/vm/tests:
 # the real host + BPF + plugins on a real sched_ext kernel.
-# Usage: suite.sh BIN_DIR PLUGIN...
+# Usage: suite.sh BIN_DIR NAME...: each NAME a shipped plugin (its attach,
+# stress, hackbench and kill -9 checks) or "shared" (the stats endpoints,
+# reload and misbehaving plugins).
 set -u
 bin=$1
 shift
-plugins=("$@")
+plugins=()
+shared=no
+for a in "$@"; do
+  if [ "$a" = shared ]; then shared=yes; else plugins+=("$a"); fi
+done
 work=$(mktemp -d)
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 # Logs go to the harness's output share when there is one, so a failure can
@@ -96,147 +102,150 @@ for p in "${plugins[@]}"; do
   wait_state disabled 100
 done
 
-# Observability: the JSON socket (root only), --monitor, Prometheus on loopback.
-ip link set lo up 2>/dev/null || busybox ifconfig lo 127.0.0.1 up 2>/dev/null
-log=$logs/stats.log
-start_host "$log" --config "$repo/configs/deadline.toml" --metrics-addr 127.0.0.1:9464
-wait_state enabled 200
-sleep 2
-mode=$(stat -c %a /run/rthulhu/stats.sock 2>/dev/null)
-mon=$(timeout 3 "$bin/host" --monitor --stats 0.5 2>&1)
-metrics=$(exec 3<>/dev/tcp/127.0.0.1/9464 && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 && cat <&3)
-if [ "$mode" = 600 ] && echo "$mon" | grep -aq "deadline up .* decisions/s.*preemptions" && echo "$metrics" | grep -aq "^rthulhu_user_dispatches_total [0-9]"; then
-  ok "stats: socket mode 600, --monitor lines, Prometheus text"
-else
-  fail "stats" "mode '$mode', monitor: $(echo "$mon" | tail -1), metrics: $(echo "$metrics" | head -3)"
-fi
-kill -INT $host_pid
-wait $host_pid
-
-# SIGHUP re-reads the config without detaching: the new settings take effect
-# (the plugin's "strategies" counter on the stats socket goes from 1 to 2); a
-# broken file keeps the old settings.
-log=$logs/reload.log
-cfg=$(config reload strategy "[[plugin.strategy]]
-comm = '^stress-ng'
-priority = 1")
-start_host "$log" --config "$cfg"
-wait_state enabled 200
-sleep 2
-before=$(timeout 3 "$bin/host" --monitor --stats 0.5 2>&1 | grep -ao 'strategies [0-9]*' | tail -1)
-printf "[[plugin.strategy]]\ncomm = '^hackbench'\npriority = 2\n" >> "$cfg"
-kill -HUP $host_pid
-sleep 2
-after=$(timeout 3 "$bin/host" --monitor --stats 0.5 2>&1 | grep -ao 'strategies [0-9]*' | tail -1)
-echo 'this is [not toml' >> "$cfg"
-kill -HUP $host_pid
-sleep 2
-kept=$(timeout 3 "$bin/host" --monitor --stats 0.5 2>&1 | grep -ao 'strategies [0-9]*' | tail -1)
-if [ "$before" = "strategies 1" ] && [ "$after" = "strategies 2" ] && [ "$kept" = "strategies 2" ] &&
-  grep -aq "keeping the old settings" "$log" && [ "$(state)" = enabled ]; then
-  ok "SIGHUP reconfigures in place ($before -> $after); a broken config keeps the old settings"
-else
-  fail "SIGHUP reload" "state $(state), strategies '$before' -> '$after' -> '$kept': $(tail -4 "$log")"
-fi
-kill -INT $host_pid
-wait $host_pid
-
-# Runs a misbehaving plugin under load until the host gives up; sets $rc
-# (124 if the host was still running 20 s after the load began).
-# The load overcommits the CPUs, so decisions keep flowing through the
-# plugin (a lone task per CPU would just keep running, asking nothing).
-# misbehave LOG CONFIG [HOST ARGS...]
-misbehave() {
-  local log=$1 cfg=$2 load n=0
-  shift 2
-  start_host "$log" --config "$cfg" "$@"
+if [ "$shared" = yes ]; then
+  # Observability: the JSON socket (root only), --monitor, Prometheus on loopback.
+  ip link set lo up 2>/dev/null || busybox ifconfig lo 127.0.0.1 up 2>/dev/null
+  log=$logs/stats.log
+  start_host "$log" --config "$repo/configs/deadline.toml" --metrics-addr 127.0.0.1:9464
   wait_state enabled 200
-  stress-ng -t 8 -c 4 > /dev/null 2>&1 &
+  sleep 2
+  mode=$(stat -c %a /run/rthulhu/stats.sock 2>/dev/null)
+  mon=$(timeout 3 "$bin/host" --monitor --stats 0.5 2>&1)
+  metrics=$(exec 3<>/dev/tcp/127.0.0.1/9464 && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 && cat <&3)
+  if [ "$mode" = 600 ] && echo "$mon" | grep -aq "deadline up .* decisions/s.*preemptions" && echo "$metrics" | grep -aq "^rthulhu_user_dispatches_total [0-9]"; then
+    ok "stats: socket mode 600, --monitor lines, Prometheus text"
+  else
+    fail "stats" "mode '$mode', monitor: $(echo "$mon" | tail -1), metrics: $(echo "$metrics" | head -3)"
+  fi
+  kill -INT $host_pid
+  wait $host_pid
+
+  # SIGHUP re-reads the config without detaching: the new settings take effect
+  # (the plugin's "strategies" counter on the stats socket goes from 1 to 2); a
+  # broken file keeps the old settings.
+  log=$logs/reload.log
+  cfg=$(config reload strategy "[[plugin.strategy]]
+  comm = '^stress-ng'
+  priority = 1")
+  start_host "$log" --config "$cfg"
+  wait_state enabled 200
+  sleep 2
+  before=$(timeout 3 "$bin/host" --monitor --stats 0.5 2>&1 | grep -ao 'strategies [0-9]*' | tail -1)
+  printf "[[plugin.strategy]]\ncomm = '^hackbench'\npriority = 2\n" >> "$cfg"
+  kill -HUP $host_pid
+  sleep 2
+  after=$(timeout 3 "$bin/host" --monitor --stats 0.5 2>&1 | grep -ao 'strategies [0-9]*' | tail -1)
+  echo 'this is [not toml' >> "$cfg"
+  kill -HUP $host_pid
+  sleep 2
+  kept=$(timeout 3 "$bin/host" --monitor --stats 0.5 2>&1 | grep -ao 'strategies [0-9]*' | tail -1)
+  if [ "$before" = "strategies 1" ] && [ "$after" = "strategies 2" ] && [ "$kept" = "strategies 2" ] &&
+    grep -aq "keeping the old settings" "$log" && [ "$(state)" = enabled ]; then
+    ok "SIGHUP reconfigures in place ($before -> $after); a broken config keeps the old settings"
+  else
+    fail "SIGHUP reload" "state $(state), strategies '$before' -> '$after' -> '$kept': $(tail -4 "$log")"
+  fi
+  kill -INT $host_pid
+  wait $host_pid
+
+  # Runs a misbehaving plugin under load until the host gives up; sets $rc
+  # (124 if the host was still running 20 s after the load began).
+  # The load overcommits the CPUs, so decisions keep flowing through the
+  # plugin (a lone task per CPU would just keep running, asking nothing).
+  # misbehave LOG CONFIG [HOST ARGS...]
+  misbehave() {
+    local log=$1 cfg=$2 load n=0
+    shift 2
+    start_host "$log" --config "$cfg" "$@"
+    wait_state enabled 200
+    stress-ng -t 8 -c 4 > /dev/null 2>&1 &
+    load=$!
+    while kill -0 $host_pid 2>/dev/null && [ $n -lt 200 ]; do
+      sleep 0.1
+      n=$((n + 1))
+    done
+    if kill -0 $host_pid 2>/dev/null; then
+      kill -INT $host_pid
+      wait $host_pid
+      rc=124
+    else
+      wait $host_pid
+      rc=$?
+    fi
+    kill $load 2>/dev/null
+    wait $load 2>/dev/null
+  }
+
+  # A plugin that stops handing tasks back cannot stall the machine: the
+  # kernel side rescues what it holds every heartbeat, the watchdog never
+  # fires, work finishes, and the guest stays usable.
+  log=$logs/hoarder.log
+  start_host "$log" --config "$(config hoard hoarder 'after_calls = 200')" --timeout-ms 2000 --stats 1
+  wait_state enabled 200
+  stress-ng -t 6 -c 4 --metrics-brief > "$work/hoard-load.log" 2>&1
+  srn=$?
+  sleep 1
+  attached=$(state)
+  kill -INT $host_pid
+  wait $host_pid
+  rc=$?
+  rescued=$(stat_of "$log" rescued)
+  if [ $srn -eq 0 ] && [ "$attached" = enabled ] && [ $rc -eq 0 ] && [ "${rescued:-0}" -gt 0 ] &&
+    ! grep -aq ejected "$log" && [ "$(echo usable | tr a-z A-Z)" = USABLE ] &&
+    [ "$(sh -c 'sleep 0.1; echo $((6 * 7))')" = 42 ]; then
+    ok "hoarding plugin: its tasks are rescued by the kernel side ($rescued rescued), no stall, guest usable"
+  else
+    fail "hoarding plugin" "stress-ng rc $srn, state '$attached', host rc $rc, rescued '${rescued:-}': $(tail -3 "$log")"
+  fi
+
+  # A plugin that panics mid-run: clean detach, non-zero exit.
+  log=$logs/panic.log
+  misbehave "$log" "$(config panic panicky 'after_calls = 300')"
+  if [ $rc -eq 1 ] && grep -aq "panicked in select_cpu" "$log" && wait_state disabled 50; then
+    ok "panicking plugin: clean detach, exit 1"
+  else
+    fail "panicking plugin" "rc $rc, state $(state): $(tail -3 "$log")"
+  fi
+
+  # A plugin that never returns: the host's round watchdog ends it (exit 1),
+  # the kernel unloads the scheduler, the guest goes on.
+  log=$logs/spinner.log
+  misbehave "$log" "$(config spin spinner 'after_calls = 300')" --round-timeout-ms 500
+  if [ $rc -eq 1 ] && grep -aq "the plugin is stuck" "$log" && wait_state disabled 50 &&
+    [ "$(sh -c 'sleep 0.1; echo $((6 * 7))')" = 42 ]; then
+    ok "spinning plugin: the round watchdog ends the host (exit 1), the guest goes on"
+  else
+    fail "spinning plugin" "rc $rc, state $(state): $(tail -3 "$log")"
+  fi
+
+  # SIGTERM while the plugin spins (before the round watchdog's bound): served
+  # within a moment, exit 0, the kernel's default scheduler takes over.
+  log=$logs/spinner-term.log
+  start_host "$log" --config "$(config spin-term spinner 'after_calls = 50')" --round-timeout-ms 4000
+  wait_state enabled 200
+  stress-ng -t 6 -c 4 > /dev/null 2>&1 &
   load=$!
-  while kill -0 $host_pid 2>/dev/null && [ $n -lt 200 ]; do
-    sleep 0.1
-    n=$((n + 1))
-  done
+  sleep 2
+  kill -TERM $host_pid
+  n=0
+  while kill -0 $host_pid 2>/dev/null && [ $n -lt 15 ]; do sleep 0.1; n=$((n + 1)); done
   if kill -0 $host_pid 2>/dev/null; then
-    kill -INT $host_pid
+    fail "SIGTERM while the plugin spins" "still running 1.5 s after SIGTERM"
+    kill -9 $host_pid
     wait $host_pid
-    rc=124
   else
     wait $host_pid
     rc=$?
+    if [ $rc -eq 0 ] && grep -aq "stopping on a signal while the plugin is busy" "$log" && wait_state disabled 50; then
+      ok "SIGTERM while the plugin spins: served within $((n * 100)) ms, exit 0"
+    else
+      fail "SIGTERM while the plugin spins" "rc $rc, state $(state): $(tail -3 "$log")"
+    fi
   fi
   kill $load 2>/dev/null
   wait $load 2>/dev/null
-}
 
-# A plugin that stops handing tasks back cannot stall the machine: the
-# kernel side rescues what it holds every heartbeat, the watchdog never
-# fires, work finishes, and the guest stays usable.
-log=$logs/hoarder.log
-start_host "$log" --config "$(config hoard hoarder 'after_calls = 200')" --timeout-ms 2000 --stats 1
-wait_state enabled 200
-stress-ng -t 6 -c 4 --metrics-brief > "$work/hoard-load.log" 2>&1
-srn=$?
-sleep 1
-attached=$(state)
-kill -INT $host_pid
-wait $host_pid
-rc=$?
-rescued=$(stat_of "$log" rescued)
-if [ $srn -eq 0 ] && [ "$attached" = enabled ] && [ $rc -eq 0 ] && [ "${rescued:-0}" -gt 0 ] &&
-  ! grep -aq ejected "$log" && [ "$(echo usable | tr a-z A-Z)" = USABLE ] &&
-  [ "$(sh -c 'sleep 0.1; echo $((6 * 7))')" = 42 ]; then
-  ok "hoarding plugin: its tasks are rescued by the kernel side ($rescued rescued), no stall, guest usable"
-else
-  fail "hoarding plugin" "stress-ng rc $srn, state '$attached', host rc $rc, rescued '${rescued:-}': $(tail -3 "$log")"
 fi
-
-# A plugin that panics mid-run: clean detach, non-zero exit.
-log=$logs/panic.log
-misbehave "$log" "$(config panic panicky 'after_calls = 300')"
-if [ $rc -eq 1 ] && grep -aq "panicked in select_cpu" "$log" && wait_state disabled 50; then
-  ok "panicking plugin: clean detach, exit 1"
-else
-  fail "panicking plugin" "rc $rc, state $(state): $(tail -3 "$log")"
-fi
-
-# A plugin that never returns: the host's round watchdog ends it (exit 1),
-# the kernel unloads the scheduler, the guest goes on.
-log=$logs/spinner.log
-misbehave "$log" "$(config spin spinner 'after_calls = 300')" --round-timeout-ms 500
-if [ $rc -eq 1 ] && grep -aq "the plugin is stuck" "$log" && wait_state disabled 50 &&
-  [ "$(sh -c 'sleep 0.1; echo $((6 * 7))')" = 42 ]; then
-  ok "spinning plugin: the round watchdog ends the host (exit 1), the guest goes on"
-else
-  fail "spinning plugin" "rc $rc, state $(state): $(tail -3 "$log")"
-fi
-
-# SIGTERM while the plugin spins (before the round watchdog's bound): served
-# within a moment, exit 0, the kernel's default scheduler takes over.
-log=$logs/spinner-term.log
-start_host "$log" --config "$(config spin-term spinner 'after_calls = 50')" --round-timeout-ms 4000
-wait_state enabled 200
-stress-ng -t 6 -c 4 > /dev/null 2>&1 &
-load=$!
-sleep 2
-kill -TERM $host_pid
-n=0
-while kill -0 $host_pid 2>/dev/null && [ $n -lt 15 ]; do sleep 0.1; n=$((n + 1)); done
-if kill -0 $host_pid 2>/dev/null; then
-  fail "SIGTERM while the plugin spins" "still running 1.5 s after SIGTERM"
-  kill -9 $host_pid
-  wait $host_pid
-else
-  wait $host_pid
-  rc=$?
-  if [ $rc -eq 0 ] && grep -aq "stopping on a signal while the plugin is busy" "$log" && wait_state disabled 50; then
-    ok "SIGTERM while the plugin spins: served within $((n * 100)) ms, exit 0"
-  else
-    fail "SIGTERM while the plugin spins" "rc $rc, state $(state): $(tail -3 "$log")"
-  fi
-fi
-kill $load 2>/dev/null
-wait $load 2>/dev/null
 
 echo "vm: $passed passed, $failed failed"
 [ $failed -eq 0 ]
