@@ -20,7 +20,8 @@
  * queue, which CPUs serve in turn with the shared one. If the host has not finished a round
  * for two heartbeats while it holds tasks, it is late (stopped, stuck in a
  * plugin, too slow): all it holds is rescued, and new tasks *bypass* it until
- * it finishes a round again. The
+ * it finishes a round again. A task held for a quarter of the watchdog's
+ * timeout is rescued whatever the CPUs do (a plugin that hoards). The
  * heartbeat also kicks idle CPUs while any queue has work, so an idle CPU the
  * kernel's idle pick missed does not stay idle. A decision that arrives for a
  * task that was rescued, dequeued or queued again since its record carries an
@@ -96,6 +97,10 @@ const volatile s32 usersched_tgid;	/* the host's process: never queued to itself
 const volatile u64 slice_ns = 5000000;	/* slice for tasks BPF dispatches itself */
 const volatile u64 heartbeat_ns = 10000000;
 const volatile bool builtin_idle = true; /* use the kernel's idle-CPU pick */
+/* A task the host holds this long is rescued even if no CPU idles (a plugin
+ * that hoards must not get the scheduler ejected); the host sets it to a
+ * quarter of the watchdog's timeout. */
+const volatile u64 max_hold_ns = 1250000000;
 
 /* --- written by the host --------------------------------------------------- */
 
@@ -121,6 +126,8 @@ volatile u64 nr_shared_queued, nr_fallback_queued, nr_queued;
 
 /* Set by the heartbeat, taken by the first CPU through ops.dispatch. */
 volatile u32 rescue_pending;
+/* How long a held task must have waited to be rescued this time. */
+volatile u64 rescue_min_wait;
 /* While set, new tasks skip the host (it was late for a whole heartbeat). */
 volatile u32 bypass;
 /* Which of the fallback and shared queues a CPU looks at first (they alternate). */
@@ -581,7 +588,7 @@ int rthulhu_dispatch(unsigned long long *ctx)
 	if (rescue_pending && __sync_val_compare_and_swap(&rescue_pending, 1, 0) == 1) {
 		struct rescue_ctx rc = {
 			.now = bpf_ktime_get_ns(),
-			.min_wait = bypass ? 0 : heartbeat_ns,
+			.min_wait = bypass ? 0 : rescue_min_wait,
 			.slots = dc.slots,
 		};
 
@@ -691,6 +698,15 @@ static long scan_cpu(u32 i, struct cpu_scan *s)
 	return 0;
 }
 
+/* Finds whether any held task has waited at least *limit (then stops). */
+static long held_too_long(void *map, s32 *pid, struct held_task *h, u64 *limit)
+{
+	if (bpf_ktime_get_ns() - h->since < *limit)
+		return 0;
+	*limit = 0;
+	return 1;
+}
+
 static int heartbeat_fn(void *map, int *key, struct heartbeat *hb)
 {
 	struct cpu_scan s = { .now = bpf_ktime_get_ns(), .nr_cpus = scx_bpf_nr_cpu_ids() };
@@ -713,10 +729,21 @@ static int heartbeat_fn(void *map, int *key, struct heartbeat *hb)
 		 * tasks: rescue them (all of them when it is late, and let new
 		 * tasks bypass it until it is back).
 		 */
+		rescue_min_wait = heartbeat_ns;
 		rescue_pending = 1;
 		__sync_fetch_and_add(&nr_rescues, 1);
 		if (host_late)
 			bypass = 1;
+	} else if (nr_held) {
+		/* Every CPU busy, the host answering, and yet a task held too long. */
+		u64 limit = max_hold_ns;
+
+		bpf_for_each_map_elem(&held_tasks, held_too_long, &limit, 0);
+		if (!limit) {
+			rescue_min_wait = max_hold_ns;
+			rescue_pending = 1;
+			__sync_fetch_and_add(&nr_rescues, 1);
+		}
 	}
 	if (s.idle && (rescue_pending || nr_shared_queued || nr_fallback_queued ||
 		       host_submitted > nr_drained)) {

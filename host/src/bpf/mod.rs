@@ -161,6 +161,8 @@ impl<'obj> BpfKernel<'obj> {
         ro.slice_ns = opts.slice_ns;
         ro.heartbeat_ns = opts.heartbeat_ns;
         ro.builtin_idle = opts.builtin_idle;
+        // A held task is rescued after a quarter of the watchdog's timeout.
+        ro.max_hold_ns = u64::from(opts.timeout_ms) * 1_000_000 / 4;
         let ops = open.struct_ops.rthulhu_ops_mut();
         ops.timeout_ms = opts.timeout_ms;
         // The kernel writes its debug dump (tasks, queues) for ops.exit.
