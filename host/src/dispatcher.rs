@@ -77,9 +77,10 @@ pub struct SliceOpts {
     /// Floor under contention (ns).
     pub min_ns: u64,
     /// Tasks per CPU handed to the kernel beyond what the CPUs can start.
-    /// 0 keeps every choice with the plugin until a CPU is free (exact
-    /// policy); more keeps CPUs busy while the host is on its way, but
-    /// those tasks are committed before the plugin sees later arrivals.
+    /// 0 keeps every choice with the plugin until a CPU is free (a host
+    /// round trip per hand-over); more keeps CPUs busy while the host is on
+    /// its way. Those tasks wait in the kernel in the plugin's key order, so
+    /// a later task with a smaller key still goes first.
     pub queue_ahead: u64,
 }
 
@@ -88,7 +89,7 @@ impl Default for SliceOpts {
         SliceOpts {
             default_ns: 5_000_000,
             min_ns: 500_000,
-            queue_ahead: 0,
+            queue_ahead: 1,
         }
     }
 }
@@ -124,9 +125,12 @@ pub enum LoopError {
     Kernel(#[from] KernelError),
 }
 
-/// Produces a fresh `[plugin]` table on SIGHUP, or `None` when the config
-/// could not be used (it reports why itself; the old settings stay).
-pub type Reloader = Box<dyn FnMut() -> Option<String>>;
+/// The reload service: called with `true` on SIGHUP (start reading the
+/// config) and with `false` after every round; returns a fresh `[plugin]`
+/// table once one is ready. The reading and parsing happen elsewhere (a
+/// helper thread in the binary), so the loop never waits on a file; a config
+/// that cannot be used yields nothing (the old settings stay).
+pub type Reloader = Box<dyn FnMut(bool) -> Option<String>>;
 
 /// What the loop reports about once a second to whoever watches it.
 pub struct Tick<'a> {
@@ -160,6 +164,9 @@ pub struct Dispatcher<P, K> {
     pub stats: LoopStats,
     /// Where a reload gets the new `[plugin]` table from.
     pub reloader: Option<Reloader>,
+    /// The `[plugin]` table a reload applied last, if any: a restart
+    /// rebuilds the plugin with it, not with the table it started with.
+    pub applied: Option<String>,
     /// Who hears the loop's figures (the stats endpoint).
     pub observer: Option<Observer>,
     pending: u64,
@@ -175,6 +182,7 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
             slices,
             stats: LoopStats::default(),
             reloader: None,
+            applied: None,
             observer: None,
             pending: 0,
             last_tick: None,
@@ -200,11 +208,12 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
     fn handle(&mut self, wake: Wake) -> Result<Option<ExitInfo>, LoopError> {
         match wake {
             Wake::Exit(info) => return Ok(Some(info)),
-            Wake::Reload => self.reload()?,
+            Wake::Reload => self.reload(true)?,
             Wake::Work => {
                 let t0 = Instant::now();
                 self.schedule()?;
                 self.stats.busy += t0.elapsed();
+                self.reload(false)?;
                 if self.observer.is_some() && self.last_tick.is_none_or(|t| t0 - t >= TICK) {
                     self.last_tick = Some(t0);
                     self.tick()?;
@@ -228,15 +237,19 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
         Ok(())
     }
 
-    /// Hands a re-read `[plugin]` table to the running policy, without
-    /// detaching. A table the plugin refuses leaves the old settings; a
-    /// plugin that panics doing so stops the loop like any plugin failure.
-    fn reload(&mut self) -> Result<(), LoopError> {
-        let Some(table) = self.reloader.as_mut().and_then(|r| r()) else {
+    /// Hands a re-read `[plugin]` table, once ready, to the running policy,
+    /// without detaching. A table the plugin refuses leaves the old
+    /// settings; a plugin that panics doing so stops the loop like any
+    /// plugin failure.
+    fn reload(&mut self, sighup: bool) -> Result<(), LoopError> {
+        let Some(table) = self.reloader.as_mut().and_then(|r| r(sighup)) else {
             return Ok(());
         };
         match self.policy.reconfigure(&table).map_err(LoopError::Plugin)? {
-            Ok(()) => tracing::info!("reconfigured the plugin from the reloaded config"),
+            Ok(()) => {
+                tracing::info!("reconfigured the plugin from the reloaded config");
+                self.applied = Some(table);
+            }
             Err(e) => {
                 tracing::warn!("plugin refused the reloaded settings, keeping the old ones: {e}")
             }
@@ -251,10 +264,10 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
         let mut host = Services(&mut self.kernel);
         // What the plugin holds; the host's default slice shrinks as it grows.
         let mut pending = Sched::with(&mut host, |s| policy.drain(s)).map_err(LoopError::Plugin)?;
-        let mut budget = host
-            .0
-            .occupancy()
-            .budget(host.0.nr_cpus(), self.slices.queue_ahead);
+        let mut budget =
+            host.0
+                .occupancy()
+                .budget(host.0.nr_cpus(), self.slices.queue_ahead, pending);
         // With every CPU busy, the plugin may still pick a few tasks worth
         // preempting for (one per CPU at most per round).
         let mut preemptions = u64::from(host.0.nr_cpus());

@@ -56,10 +56,11 @@ struct Cli {
     #[arg(long, value_name = "N")]
     slice_min_us: Option<u64>,
 
-    /// Tasks per CPU handed to the kernel beyond what the CPUs can start now:
-    /// 0 leaves every choice to the plugin until a CPU is free (exact policy);
-    /// 1 or more trades some of that for throughput.
-    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=64))]
+    /// Tasks per CPU handed to the kernel beyond what the CPUs can start now,
+    /// kept in the plugin's order: with 1 a CPU that frees up starts the next
+    /// task without waiting for the host; 0 leaves every choice to the plugin
+    /// until a CPU is free (a host round trip per hand-over).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=64))]
     queue_ahead: u64,
 
     /// Root-only Unix socket serving the scheduler's figures as JSON.
@@ -245,6 +246,11 @@ fn run(mut cli: Cli) -> Result<ExitCode> {
     })
 }
 
+/// Kernel-requested restarts (CPU hotplug) allowed within [`RESTART_WINDOW`]
+/// before the host gives up.
+const MAX_RESTARTS: usize = 5;
+const RESTART_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Schedules the real machine until a signal, an ejection or a plugin failure.
 fn attach(
     cli: &Cli,
@@ -268,29 +274,40 @@ fn attach(
             None
         }
     };
+    if let Some(secs) = cli.stats {
+        start_printer(shared.clone(), std::time::Duration::from_secs_f64(secs))?;
+    }
     let opts = BpfOptions {
         slice_ns: slices.default_ns,
         timeout_ms: cli.timeout_ms,
         builtin_idle: !cli.no_builtin_idle,
         heartbeat_ns: 10_000_000,
     };
+    let mut reload = reloader(cli, config)?;
+    // The `[plugin]` table in force: a restart rebuilds the plugin with it.
+    let mut table = config.plugin_table.clone();
+    let mut restarts = std::collections::VecDeque::new();
     loop {
         let mut object = std::mem::MaybeUninit::uninit();
         let mut kernel =
             BpfKernel::load(&mut object, opts).context("preparing the BPF scheduler")?;
         lock_memory();
         kernel.attach().context("attaching to sched_ext")?;
+        rthulhu::notify::send("READY=1");
         eprintln!(
             "host: scheduling with plugin {} {} (Ctrl-C to stop)",
             plugin.name(),
             plugin.version()
         );
         let mut d = Dispatcher::new(scheduler, kernel, slices);
-        d.reloader = reloader(cli, config);
-        let print_every = cli.stats.map(std::time::Duration::from_secs_f64);
-        d.observer = Some(observer(shared.clone(), print_every));
+        d.reloader = reload.take();
+        d.observer = Some(observer(shared.clone()));
         let outcome = d.run();
         d.kernel.detach();
+        reload = d.reloader.take();
+        if let Some(t) = d.applied.take() {
+            table = t;
+        }
         let info = match outcome {
             Ok(info) => info,
             Err(LoopError::Plugin(msg)) => {
@@ -300,13 +317,35 @@ fn attach(
             Err(e) => return Err(e).context("dispatch loop failed; detached"),
         };
         if info.code & bpf::ECODE_RESTART != 0 {
+            let now = std::time::Instant::now();
+            restarts.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
+            if restarts.len() >= MAX_RESTARTS {
+                eprintln!(
+                    "host: the kernel asked for a restart ({}: {}) {} times within {} s: giving up; the kernel's default scheduler has taken over",
+                    info.reason,
+                    info.message,
+                    restarts.len() + 1,
+                    RESTART_WINDOW.as_secs()
+                );
+                return Ok(ExitCode::from(1));
+            }
+            // 0, 0.25, 0.5, 1, 2 s: a CPU coming and going settles first.
+            let backoff = match restarts.len() {
+                0 => std::time::Duration::ZERO,
+                n => std::time::Duration::from_millis(125 << n),
+            };
+            restarts.push_back(now);
             eprintln!(
-                "host: the kernel asked for a restart ({}): restarting",
-                info.reason
+                "host: the kernel asked for a restart ({}: {}): restarting in {} ms with the settings last applied",
+                info.reason,
+                info.message,
+                backoff.as_millis()
             );
-            scheduler = plugin
-                .construct(&config.plugin_table)
-                .map_err(anyhow::Error::msg)?;
+            std::thread::sleep(backoff);
+            if bpf::stop_requested() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            scheduler = plugin.construct(&table).map_err(anyhow::Error::msg)?;
             continue;
         }
         if info.kind.is_ejection() {
@@ -332,19 +371,19 @@ fn attach(
     }
 }
 
-/// Keeps the stats endpoint's snapshot current from the loop's ticks, and
-/// prints it as one line every `print_every` (`--stats`).
-fn observer(
-    shared: stats::Shared,
-    print_every: Option<std::time::Duration>,
-) -> rthulhu::dispatcher::Observer {
+/// Keeps the stats endpoint's snapshot current from the loop's ticks. The
+/// loop never waits for the snapshot's lock: while a reader holds it (the
+/// endpoint, the `--stats` printer), that second's figures are skipped.
+fn observer(shared: stats::Shared) -> rthulhu::dispatcher::Observer {
     let start = std::time::Instant::now();
     let mut last = (start, 0u64, std::time::Duration::ZERO);
-    let mut printed = start;
+    let faults_at_attach = stats::page_faults();
     Box::new(move |t| {
+        let Ok(mut s) = shared.try_lock() else {
+            return;
+        };
         let now = std::time::Instant::now();
         let wall = (now - last.0).as_secs_f64().max(1e-9);
-        let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
         s.uptime_s = (now - start).as_secs_f64();
         s.kernel = t.counters.into();
         s.liveness = t.liveness;
@@ -355,14 +394,30 @@ fn observer(
             pending: t.pending,
             busy_share: (t.stats.busy - last.2).as_secs_f64() / wall,
             ghosts: t.stats.ghosts,
+            page_faults: stats::page_faults().saturating_sub(faults_at_attach),
         };
         s.plugin_counters = t.plugin_counters.into_iter().collect();
         last = (now, t.stats.decisions, t.stats.busy);
-        if print_every.is_some_and(|every| now - printed >= every) {
-            printed = now;
-            println!("{}", stats::line(&s));
-        }
     })
+}
+
+/// `--stats SECS`: prints the snapshot as one line per interval, on a thread
+/// of its own, so a slow or closed stdout (`host --stats 1 | head -1`)
+/// never reaches the dispatch loop.
+fn start_printer(shared: stats::Shared, every: std::time::Duration) -> Result<()> {
+    std::thread::Builder::new()
+        .name("rthulhu-stats".into())
+        .spawn(move || loop {
+            use std::io::Write;
+            std::thread::sleep(every);
+            let line = stats::line(&shared.lock().unwrap_or_else(|e| e.into_inner()));
+            if writeln!(std::io::stdout().lock(), "{line}").is_err() {
+                tracing::warn!("stdout is closed: no more --stats lines (scheduling goes on)");
+                return;
+            }
+        })
+        .context("starting the --stats printer")?;
+    Ok(())
 }
 
 /// `--monitor`: one line per interval from a running scheduler.
@@ -380,34 +435,68 @@ fn monitor(cli: &Cli) -> Result<ExitCode> {
     }
 }
 
-/// SIGHUP: re-read the config file and hand its `[plugin]` table over. A
-/// file that is now unusable keeps the old settings, with one line saying why.
-fn reloader(cli: &Cli, first: &Config) -> Option<rthulhu::dispatcher::Reloader> {
-    let path = cli.config.clone()?;
+/// SIGHUP: re-read the config file, on a helper thread, and hand its
+/// `[plugin]` table over. A file that is now unusable keeps the old settings,
+/// with one line saying why.
+fn reloader(cli: &Cli, first: &Config) -> Result<Option<rthulhu::dispatcher::Reloader>> {
+    let Some(path) = cli.config.clone() else {
+        return Ok(None);
+    };
     let allow_untrusted = cli.allow_untrusted_files;
     let plugin = first.plugin.clone();
-    Some(Box::new(move || {
-        match safety::open(&path, allow_untrusted).and_then(|f| Config::read(&path, f)) {
-            Ok(c) => {
-                if c.plugin != plugin {
-                    tracing::warn!("{}: a different plugin takes a restart; only [plugin] settings are reloaded", path.display());
+    // One request may wait (SIGHUPs meanwhile fold into it), one table.
+    let (ask, asked) = std::sync::mpsc::sync_channel::<()>(1);
+    let (give, tables) = std::sync::mpsc::sync_channel::<String>(1);
+    std::thread::Builder::new()
+        .name("rthulhu-reload".into())
+        .spawn(move || {
+            while asked.recv().is_ok() {
+                match safety::open(&path, allow_untrusted).and_then(|f| Config::read(&path, f)) {
+                    Ok(c) => {
+                        if c.plugin != plugin {
+                            tracing::warn!("{}: a different plugin takes a restart; only [plugin] settings are reloaded", path.display());
+                        }
+                        if give.send(c.plugin_table).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::warn!("{e}; keeping the old settings"),
                 }
-                Some(c.plugin_table)
             }
-            Err(e) => {
-                tracing::warn!("{e}; keeping the old settings");
-                None
-            }
+        })
+        .context("starting the reload thread")?;
+    Ok(Some(Box::new(move |sighup| {
+        if sighup {
+            let _ = ask.try_send(());
         }
-    }))
+        tables.try_recv().ok()
+    })))
 }
 
-/// Keeps every page resident so that no page fault can stall the loop.
+/// Keeps every page resident so that no page fault can stall the loop:
+/// malloc never gives memory back to the kernel (so it never faults it in
+/// again) nor maps a block of its own per large allocation, the main
+/// thread's stack is touched deep enough for any round, and everything
+/// mapped now or later is locked in.
 fn lock_memory() {
+    // SAFETY: mallopt only changes malloc's tuning.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+    }
+    prefault_stack();
     // SAFETY: mlockall has no memory-safety preconditions.
     if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
         tracing::warn!("mlockall failed: {}", std::io::Error::last_os_error());
     }
+}
+
+/// Touches 1 MiB of stack below the caller, so those pages exist (and get
+/// locked) before the loop needs them.
+#[inline(never)]
+fn prefault_stack() {
+    let mut pages = [0u8; 1 << 20];
+    std::hint::black_box(&mut pages);
 }
 
 fn slice_opts(cli: &Cli, config: &Config) -> Result<SliceOpts, InputError> {

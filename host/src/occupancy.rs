@@ -4,12 +4,16 @@
 //! and the loop sizes every round with [`Occupancy::budget`], so the real
 //! path and the simulator share one rule.
 //!
-//! The window: the kernel side holds at most `nr_cpus × (1 + queue_ahead)`
-//! tasks the plugin already chose (running, or dispatched and waiting for a
-//! CPU). With `queue_ahead = 0` every choice stays with the plugin until a
-//! CPU can start it, so a task the plugin ranks higher that arrives later
-//! still goes first; each extra step lets the kernel keep CPUs busy while the
-//! host is on its way, at the price of that many committed choices per CPU.
+//! The window: the kernel side holds at most `nr_cpus` tasks the plugin
+//! already chose (running, or dispatched and waiting for a CPU), plus up to
+//! `queue_ahead` more per CPU taken from a backlog. Those extra tasks wait
+//! in the kernel in the plugin's key order, so a CPU that frees up starts
+//! the next one without a host round trip. They are the plugin's best picks
+//! only while it holds many more than it hands over: beyond one task per
+//! CPU, the plugin keeps at least as many as go ahead. Otherwise a task whose slice
+//! just ended (on its way back through the host) would always lose the CPU
+//! to whatever waits in the kernel, and with few tasks the kernel's queue,
+//! not the plugin, would decide who runs (weights, priorities).
 
 /// What the kernel side has in hand, by where it is, and how many CPUs idle.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -41,12 +45,16 @@ impl Occupancy {
         self.running + self.inflight + self.unsent
     }
 
-    /// How many more decisions fit in the window; never fewer than there
-    /// are idle CPUs: tasks committed earlier may be waiting for a CPU they
-    /// are pinned to, or one an RT task holds, and must not keep a free CPU
-    /// without work.
-    pub fn budget(&self, nr_cpus: u32, queue_ahead: u64) -> u64 {
-        let capacity = u64::from(nr_cpus).saturating_mul(queue_ahead.saturating_add(1));
+    /// How many more decisions fit in the window while the plugin holds
+    /// `backlog` tasks; never fewer than there are idle CPUs: tasks
+    /// committed earlier may be waiting for a CPU they are pinned to, or one
+    /// an RT task holds, and must not keep a free CPU without work.
+    pub fn budget(&self, nr_cpus: u32, queue_ahead: u64, backlog: u64) -> u64 {
+        let cpus = u64::from(nr_cpus);
+        let ahead = cpus
+            .saturating_mul(queue_ahead)
+            .min(backlog.saturating_sub(cpus) / 2);
+        let capacity = cpus.saturating_add(ahead);
         capacity.saturating_sub(self.total()).max(self.idle_cpus)
     }
 }
@@ -59,9 +67,21 @@ mod tests {
     fn every_task_in_hand_counts_against_the_window() {
         let o = Occupancy::new(1, 1, 5, 4, 0);
         assert_eq!(o.total(), 3);
-        assert_eq!(o.budget(4, 0), 1);
-        assert_eq!(o.budget(4, 1), 5);
-        assert_eq!(o.budget(2, 0), 0);
+        assert_eq!(o.budget(4, 0, 100), 1);
+        assert_eq!(o.budget(4, 1, 100), 5);
+        assert_eq!(o.budget(2, 0, 100), 0);
+    }
+
+    #[test]
+    fn the_window_goes_ahead_only_from_a_backlog() {
+        let o = Occupancy::new(2, 0, 0, 0, 0);
+        // Two tasks in hand on two CPUs: nothing ahead, the plugin keeps its choice.
+        assert_eq!(o.budget(2, 1, 2), 0);
+        // Three, four: what goes ahead would be the plugin's last picks.
+        assert_eq!(o.budget(2, 1, 3), 0);
+        assert_eq!(o.budget(2, 1, 4), 1);
+        // A large backlog: the full `queue_ahead` per CPU.
+        assert_eq!(o.budget(2, 3, 1000), 6);
     }
 
     #[test]
@@ -73,11 +93,15 @@ mod tests {
     fn an_idle_cpu_always_gets_a_decision() {
         // Full window, but two tasks in it wait for a busy CPU they are pinned to.
         let o = Occupancy::new(2, 2, 0, 0, 1);
-        assert_eq!(o.budget(4, 0), 1);
+        assert_eq!(o.budget(4, 0, 0), 1);
     }
 
     #[test]
     fn huge_settings_saturate_instead_of_wrapping() {
-        assert_eq!(Occupancy::default().budget(u32::MAX, u64::MAX), u64::MAX);
+        let b = Occupancy::default().budget(u32::MAX, u64::MAX, u64::MAX);
+        assert_eq!(
+            b,
+            u64::from(u32::MAX) + (u64::MAX - u64::from(u32::MAX)) / 2
+        );
     }
 }

@@ -92,10 +92,26 @@ pub struct HostFigures {
     /// The plugin's decisions for tasks the kernel side had taken back (skipped).
     #[serde(default)]
     pub ghosts: u64,
+    /// Page faults (minor + major) of the host process since it attached:
+    /// a loop that faults stalls every task waiting on it. Memory is locked
+    /// and pools are sized up front, so this stays flat once warmed up.
+    #[serde(default)]
+    pub page_faults: u64,
 }
 
 /// The shared snapshot the loop updates and the servers read.
 pub type Shared = Arc<Mutex<Snapshot>>;
+
+/// Minor + major page faults of this process so far.
+pub fn page_faults() -> u64 {
+    // SAFETY: getrusage fills the struct it is given; zeroed is a valid rusage.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0;
+    }
+    (ru.ru_minflt + ru.ru_majflt) as u64
+}
 
 /// Removes the socket file when the scheduler stops.
 pub struct Endpoint {
@@ -237,6 +253,12 @@ pub fn prometheus(s: &Snapshot) -> String {
     );
     metric("running_tasks", "gauge", "Tasks running.", k.running as f64);
     metric(
+        "host_page_faults_total",
+        "counter",
+        "Page faults of the host process since it attached.",
+        s.host.page_faults as f64,
+    );
+    metric(
         "user_dispatches_total",
         "counter",
         "Dispatches decided by the plugin.",
@@ -331,6 +353,7 @@ pub fn line(s: &Snapshot) -> String {
         v.bypassed,
         v.reenqueued
     ));
+    l.push_str(&format!(" | faults {}", s.host.page_faults));
     for (name, value) in &s.plugin_counters {
         l.push_str(&format!(" | {name} {value}"));
     }

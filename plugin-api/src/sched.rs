@@ -139,8 +139,9 @@ impl Sched<'_> {
     }
 
     /// Path of a cgroup from its id ([`QueuedTask::cgroup_id`]), as under
-    /// /sys/fs/cgroup; `None` if unknown (or the host predates this service).
-    /// It may cost a file-system walk: cache the answer.
+    /// /sys/fs/cgroup; `None` if not known yet (the host looks it up on
+    /// another thread and knows it a moment later: ask again then, and do not
+    /// cache `None`) or if the host predates this service. Cache a path.
     pub fn cgroup_path(&mut self, cgroup_id: u64) -> Option<String> {
         let f = self.vtable.cgroup_path()?;
         // SAFETY: as in `dequeue_task`.
@@ -149,8 +150,9 @@ impl Sched<'_> {
             .map(RString::into_string)
     }
 
-    /// Real user id of process `tgid`, if known. It may cost a file read:
-    /// cache the answer per process.
+    /// Real user id of process `tgid`; `None` if not known yet (looked up on
+    /// another thread, like [`Sched::cgroup_path`]: ask again later) or if
+    /// the process is gone.
     pub fn task_uid(&mut self, tgid: i32) -> Option<u32> {
         let f = self.vtable.task_uid()?;
         // SAFETY: as in `dequeue_task`.

@@ -84,7 +84,38 @@ fn systemd_unit_checks_the_config_first_and_reloads_with_sighup() {
     assert!(line("ExecStart=").contains("--config /etc/rthulhu/config.toml"));
     assert!(line("ExecReload=").contains("kill -HUP $MAINPID"));
     assert_eq!(line("Restart="), "Restart=on-failure");
+    assert_eq!(line("Type="), "Type=notify");
     assert!(line("CapabilityBoundingSet=").contains("CAP_BPF"));
+    // The start limit belongs to [Unit] (systemd ignores it in [Service]).
+    let unit_section = unit.split("[Service]").next().unwrap();
+    assert!(unit_section.contains("\nStartLimitIntervalSec="));
+    assert!(unit_section.contains("\nStartLimitBurst="));
+}
+
+#[test]
+fn systemd_analyze_verifies_the_unit() {
+    // systemd-analyze checks that ExecStart's binary exists: point the unit
+    // at the host this test built. tests/setup-deps installs systemd.
+    let unit = std::fs::read_to_string(repo().join("packaging/rthulhu.service")).unwrap();
+    let host = built(false).join("host");
+    let dir = repo().join("target").join("unit-verify");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("rthulhu.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/bin/rthulhu", host.to_str().unwrap()),
+    )
+    .unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("running systemd-analyze (package systemd; tests/setup-deps installs it)");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify: {}",
+        stderr(&out)
+    );
 }
 
 #[test]

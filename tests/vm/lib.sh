@@ -21,4 +21,4 @@ wait_state() {
 }
 
 # Last value of counter $2 ("user", "rescued"...) in a --stats log $1.
-stat_of() { sed -n "s/.* $2 \([0-9][0-9]*\).*/\1/p" "$1" | tail -1; }
+stat_of() { [ -f "$1" ] && sed -n "s/.* $2 \([0-9][0-9]*\).*/\1/p" "$1" | tail -1; }

@@ -245,6 +245,86 @@ if [ "$shared" = yes ]; then
   kill $load 2>/dev/null
   wait $load 2>/dev/null
 
+  # A closed stdout never stops the scheduler (`host --stats 1 | head -1`):
+  # the --stats lines are printed off the dispatch thread.
+  log=$logs/stdout-closed.log
+  "$bin/host" --plugin "$(plugin_path simple)" --stats 0.2 2> "$log" | head -1 > "$work/first.line" &
+  pipeline=$!
+  wait_state enabled 200
+  sleep 3
+  pid=$(pgrep -xf "$bin/host --plugin $(plugin_path simple) --stats 0.2")
+  if [ -n "$pid" ] && [ "$(state)" = enabled ] && grep -aq "^simple up " "$work/first.line" &&
+    grep -aq "stdout is closed" "$log" && [ "$(sh -c 'echo $((6 * 7))')" = 42 ]; then
+    ok "closed stdout: --stats lines stop, scheduling goes on"
+  else
+    fail "closed stdout" "pid '$pid', state $(state), first line '$(cat "$work/first.line")': $(tail -3 "$log")"
+  fi
+  [ -n "$pid" ] && kill -INT $pid
+  wait $pipeline
+  wait_state disabled 50
+
+  # No page faults in the loop: after a warm-up, 20 s of hackbench leave
+  # host.page_faults (the host process's faults since attach) where it was.
+  log=$logs/faults.log
+  start_host "$log" --plugin "$(plugin_path simple)"
+  wait_state enabled 200
+  faults() { timeout 3 "$bin/host" --monitor --stats 0.5 2>&1 | grep -ao 'faults [0-9]*' | tail -1; }
+  timeout 120 hackbench -g 4 -l 100 > /dev/null 2>&1
+  sleep 2
+  f1=$(faults)
+  end=$((SECONDS + 20))
+  rounds=0
+  while [ $SECONDS -lt $end ]; do
+    timeout 120 hackbench -g 4 -l 100 > /dev/null 2>&1 && rounds=$((rounds + 1))
+  done
+  sleep 2
+  f2=$(faults)
+  if [ -n "$f1" ] && [ "$f1" = "$f2" ] && [ $rounds -gt 0 ] && [ "$(state)" = enabled ]; then
+    ok "no page faults while scheduling: $f1 after the warm-up, $f2 after $rounds hackbench runs in 20 s"
+  else
+    fail "page faults" "'$f1' after the warm-up, '$f2' after $rounds hackbench runs, state $(state): $(tail -2 "$log")"
+  fi
+  kill -INT $host_pid
+  wait $host_pid
+
+  # CPU hotplug while attached under load: the kernel asks for a restart; the
+  # host restarts with the settings last applied (a SIGHUP's included), keeps
+  # scheduling, and SIGINT still ends it with exit 0.
+  log=$logs/hotplug.log
+  cfg=$(config hotplug strategy "[[plugin.strategy]]
+  comm = '^stress-ng'
+  priority = 1")
+  start_host "$log" --config "$cfg"
+  wait_state enabled 200
+  printf "[[plugin.strategy]]\ncomm = '^hackbench'\npriority = 2\n" >> "$cfg"
+  kill -HUP $host_pid
+  sleep 2
+  stress-ng -c 4 -t 15 > /dev/null 2>&1 &
+  load=$!
+  sleep 1
+  cpu=/sys/devices/system/cpu/cpu$(($(nproc) - 1))/online
+  echo 0 > "$cpu"
+  sleep 2
+  echo 1 > "$cpu"
+  n=0
+  while [ $n -lt 100 ] && [ "$(grep -ac 'asked for a restart' "$log")" -lt 2 ]; do sleep 0.1; n=$((n + 1)); done
+  wait_state enabled 100
+  sleep 2
+  strategies=$(timeout 3 "$bin/host" --monitor --stats 0.5 2>&1 | grep -ao 'strategies [0-9]*' | tail -1)
+  restarts=$(grep -ac 'asked for a restart' "$log")
+  wait $load
+  load_rc=$?
+  kill -INT $host_pid
+  wait $host_pid
+  rc=$?
+  if [ "$restarts" -ge 1 ] && [ "$strategies" = "strategies 2" ] && [ $load_rc -eq 0 ] && [ $rc -eq 0 ] &&
+    ! grep -aq 'ejected' "$log"; then
+    ok "CPU hotplug: restarted $restarts times with the reloaded settings ($strategies), load ended, exit 0 on SIGINT"
+  else
+    fail "CPU hotplug" "restarts $restarts, '$strategies', load rc $load_rc, host rc $rc: $(grep -a 'host:' "$log" | tail -4)"
+  fi
+  wait_state disabled 50
+
 fi
 
 echo "vm: $passed passed, $failed failed"

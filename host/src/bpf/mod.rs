@@ -1,6 +1,6 @@
 //! The real kernel: bpf/main.bpf.c loaded through libbpf-rs.
 
-mod cgroups;
+mod lookups;
 pub mod preflight;
 
 mod skel {
@@ -104,6 +104,14 @@ pub fn stop_requested() -> bool {
     STOP.load(Ordering::Relaxed)
 }
 
+/// The kernel's count of CPU hotplug events, 0 when it has none.
+fn hotplug_seq() -> u64 {
+    std::fs::read_to_string("/sys/kernel/sched_ext/hotplug_seq")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Routes SIGINT and SIGTERM (stop) and SIGHUP (reload the config) to flags
 /// the loop checks. No SA_RESTART, so a blocked poll returns at once.
 pub fn install_signal_handlers() {
@@ -134,7 +142,8 @@ pub struct BpfKernel<'obj> {
     /// Records BPF said it took back (rescued or dequeued), by pid and
     /// generation, not yet matched with the record they cancel.
     cancelled: HashMap<i32, u64>,
-    cgroups: cgroups::CgroupPaths,
+    /// Cgroup paths and uids, read by a helper thread.
+    lookups: lookups::Lookups,
 }
 
 struct Inbox {
@@ -167,6 +176,10 @@ impl<'obj> BpfKernel<'obj> {
         ops.timeout_ms = opts.timeout_ms;
         // The kernel writes its debug dump (tasks, queues) for ops.exit.
         ops.exit_dump_len = DUMP_LEN;
+        // A CPU that comes or goes between here and the attach makes the
+        // kernel end the run at once with a restart request, instead of
+        // scheduling with a stale CPU count (0: the kernel has no counter).
+        ops.hotplug_seq = hotplug_seq();
         let skel = open.load().map_err(err("loading the BPF program"))?;
 
         let inbox = Rc::new(RefCell::new(Inbox {
@@ -207,7 +220,8 @@ impl<'obj> BpfKernel<'obj> {
             submitted: 0,
             gens: HashMap::with_capacity(MAX_HELD),
             cancelled: HashMap::with_capacity(MAX_HELD),
-            cgroups: cgroups::CgroupPaths::default(),
+            lookups: lookups::Lookups::start()
+                .map_err(|e| KernelError(format!("starting the lookup thread: {e}")))?,
         })
     }
 
@@ -423,13 +437,11 @@ impl Kernel for BpfKernel<'_> {
     }
 
     fn cgroup_path(&mut self, cgroup_id: u64) -> Option<String> {
-        self.cgroups.path(cgroup_id)
+        self.lookups.cgroup_path(cgroup_id)
     }
 
     fn task_uid(&mut self, tgid: i32) -> Option<u32> {
-        let status = std::fs::read_to_string(format!("/proc/{tgid}/status")).ok()?;
-        let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-        line.split_whitespace().nth(1)?.parse().ok()
+        self.lookups.task_uid(tgid)
     }
 
     fn set_scheduled(&mut self, pending: u64) {

@@ -71,7 +71,7 @@ pub struct StrategyPolicy {
     cfg: Settings,
     matches: HashMap<Identity, Option<usize>>,
     cgroup_paths: HashMap<u64, String>,
-    uids: HashMap<i32, Option<u32>>,
+    uids: HashMap<i32, u32>,
     tasks: HashMap<i32, TaskState>,
     pool: BTreeMap<Key, Pooled>,
     /// Arrival → pool key, to find the longest-waiting task.
@@ -103,7 +103,8 @@ const MAX_CACHED: usize = 1 << 16;
 
 impl StrategyPolicy {
     /// Index of the first strategy that selects `t`. Answers are cached,
-    /// except when the host did not know the cgroup's path yet (retried).
+    /// except when the host did not know the cgroup's path or the uid yet
+    /// (retried).
     fn classify(&mut self, sched: &mut Sched<'_>, t: &QueuedTask) -> Option<usize> {
         let id = Identity {
             pid: t.pid,
@@ -134,10 +135,19 @@ impl StrategyPolicy {
             None
         };
         let uid = if need_uid {
-            *self
-                .uids
-                .entry(t.tgid)
-                .or_insert_with(|| sched.task_uid(t.tgid))
+            match self.uids.get(&t.tgid) {
+                Some(&uid) => Some(uid),
+                None => {
+                    let uid = sched.task_uid(t.tgid);
+                    match uid {
+                        Some(u) => {
+                            self.uids.insert(t.tgid, u);
+                        }
+                        None => cacheable = false,
+                    }
+                    uid
+                }
+            }
         } else {
             None
         };

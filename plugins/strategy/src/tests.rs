@@ -8,6 +8,11 @@ fn host() -> TestHost {
         7,
         "/kubepods.slice/kubepods-pod1234.slice/cri-aa.scope".into(),
     );
+    // Every process the tests use has a uid: the host answers `None` only
+    // while it has not read one yet (or the process is gone).
+    for tgid in [1, 2, 9, 100] {
+        h.uids.insert(tgid, 0);
+    }
     h.uids.insert(300, 1000);
     h
 }
@@ -77,6 +82,20 @@ fn matching_is_cached_per_thread_identity() {
         run(&mut p, &mut host);
     }
     assert_eq!(host.cgroup_lookups, 1);
+    assert_eq!(p.matches.len(), 1);
+}
+
+#[test]
+fn an_answer_the_host_does_not_know_yet_is_asked_again() {
+    let mut p = StrategyPolicy::new(CONFIG).unwrap();
+    let mut host = host();
+    host.uids.remove(&100);
+    host.queue.push_back(task(3, 100, "nr-gnb", 7));
+    run(&mut p, &mut host);
+    assert!(p.matches.is_empty(), "an unknown uid must not be cached");
+    host.uids.insert(100, 0);
+    host.queue.push_back(task(3, 100, "nr-gnb", 7));
+    run(&mut p, &mut host);
     assert_eq!(p.matches.len(), 1);
 }
 
