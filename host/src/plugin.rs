@@ -2,7 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
+use abi_stable::abi_stability::abi_checking::{
+    check_layout_compatibility, AbiInstability, AbiInstabilityErrors,
+};
 use abi_stable::library::{lib_header_from_path, LibraryError};
+use abi_stable::type_layout::{TLData, TLFieldOrFunction};
+use abi_stable::StableAbi;
 use plugin_api::{PluginModRef, SchedulerBox};
 
 use crate::input::InputError;
@@ -44,9 +49,23 @@ impl Plugin {
                 format!("plugin built against an incompatible plugin-api version {theirs}; this host has {ours}: rebuild the plugin against it"),
             ));
         }
-        let module = header
-            .init_root_module::<PluginModRef>()
-            .map_err(|e| InputError::new(path, describe(&e)))?;
+        let older = header
+            .layout()
+            .and_then(|theirs| check_layout_compatibility(PluginModRef::LAYOUT, theirs).err())
+            .is_some_and(|errs| built_before_appended_entries(&errs));
+        let module = if older {
+            // SAFETY: the layouts differ only in vtable entries appended after
+            // the plugin was built (checked just above). abi_stable's accessor
+            // for such an entry reads the vtable's own field count at run
+            // time and answers None where it lacks one (plugin-api declares
+            // every appended entry `missing_field(option)`), so no entry the
+            // plugin lacks is ever called, and the plugin reads only the
+            // prefix of the host's longer tables.
+            unsafe { header.init_root_module_with_unchecked_layout::<PluginModRef>() }
+        } else {
+            header.init_root_module::<PluginModRef>()
+        }
+        .map_err(|e| InputError::new(path, describe(&e)))?;
         Ok(Plugin {
             path: path.to_path_buf(),
             module,
@@ -69,6 +88,31 @@ impl Plugin {
             .into_result()
             .map_err(|e| e.into_string())
     }
+}
+
+/// Whether a plugin whose layout differs from ours was built against an
+/// older 0.1 layout: every difference is a prefix-type vtable with fewer
+/// entries than ours, all of its prefix there. abi_stable's own check refuses
+/// that (it lets only the loaded library be the newer side), yet the guide
+/// promises that a plugin keeps loading in later 0.1 hosts.
+fn built_before_appended_entries(errs: &AbiInstabilityErrors) -> bool {
+    // The report also lists the types on the way to each difference, with
+    // no error of their own.
+    let mut found = errs.errors.iter().filter(|e| !e.errs.is_empty()).peekable();
+    found.peek().is_some()
+        && found.all(|e| {
+            let prefix_len = match e.stack_trace.last().map(|ef| &ef.expected) {
+                Some(TLFieldOrFunction::Field(f)) => match f.layout().data() {
+                    TLData::PrefixType(p) => usize::from(p.first_suffix_field),
+                    _ => return false,
+                },
+                _ => return false,
+            };
+            e.errs.iter().all(|x| {
+                matches!(x, AbiInstability::FieldCountMismatch(n)
+                    if n.found < n.expected && n.found >= prefix_len)
+            })
+        })
 }
 
 /// Semver compatibility as abi_stable applies it: same major, and for 0.x the

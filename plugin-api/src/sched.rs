@@ -2,6 +2,8 @@
 
 use std::marker::PhantomData;
 
+// The first layout (a test build) lacks the entries that use some of these.
+#[cfg_attr(feature = "first-layout", allow(unused_imports))]
 use abi_stable::{
     prefix_type::WithMetadata,
     std_types::{ROption, RString},
@@ -45,6 +47,8 @@ pub struct HostCtx {
 }
 
 /// Function table behind [`Sched`]. New entries are only ever appended.
+/// Each appended entry is `missing_field(option)`: the host loads plugins
+/// built before it was added (and plugins, hosts without it).
 #[doc(hidden)]
 #[repr(C)]
 #[derive(StableAbi)]
@@ -58,8 +62,10 @@ pub struct HostVTable {
     #[sabi(last_prefix_field)]
     counters: unsafe extern "C" fn(*mut HostCtx) -> Counters,
     // Added after the first layout: a plugin may meet a host without them.
+    #[cfg(not(feature = "first-layout"))]
     #[sabi(missing_field(option))]
     cgroup_path: unsafe extern "C" fn(*mut HostCtx, u64) -> ROption<RString>,
+    #[cfg(not(feature = "first-layout"))]
     #[sabi(missing_field(option))]
     task_uid: unsafe extern "C" fn(*mut HostCtx, i32) -> ROption<u32>,
 }
@@ -143,20 +149,36 @@ impl Sched<'_> {
     /// another thread and knows it a moment later: ask again then, and do not
     /// cache `None`) or if the host predates this service. Cache a path.
     pub fn cgroup_path(&mut self, cgroup_id: u64) -> Option<String> {
-        let f = self.vtable.cgroup_path()?;
-        // SAFETY: as in `dequeue_task`.
-        unsafe { f(self.ctx, cgroup_id) }
-            .into_option()
-            .map(RString::into_string)
+        #[cfg(feature = "first-layout")]
+        return {
+            let _ = cgroup_id;
+            None
+        };
+        #[cfg(not(feature = "first-layout"))]
+        {
+            let f = self.vtable.cgroup_path()?;
+            // SAFETY: as in `dequeue_task`.
+            unsafe { f(self.ctx, cgroup_id) }
+                .into_option()
+                .map(RString::into_string)
+        }
     }
 
     /// Real user id of process `tgid`; `None` if not known yet (looked up on
     /// another thread, like [`Sched::cgroup_path`]: ask again later) or if
     /// the process is gone.
     pub fn task_uid(&mut self, tgid: i32) -> Option<u32> {
-        let f = self.vtable.task_uid()?;
-        // SAFETY: as in `dequeue_task`.
-        unsafe { f(self.ctx, tgid) }.into_option()
+        #[cfg(feature = "first-layout")]
+        return {
+            let _ = tgid;
+            None
+        };
+        #[cfg(not(feature = "first-layout"))]
+        {
+            let f = self.vtable.task_uid()?;
+            // SAFETY: as in `dequeue_task`.
+            unsafe { f(self.ctx, tgid) }.into_option()
+        }
     }
 }
 
@@ -169,7 +191,9 @@ impl<H: HostServices> VTableFor<H> {
         nr_cpus: nr_cpus::<H>,
         now_ns: now_ns::<H>,
         counters: counters::<H>,
+        #[cfg(not(feature = "first-layout"))]
         cgroup_path: cgroup_path::<H>,
+        #[cfg(not(feature = "first-layout"))]
         task_uid: task_uid::<H>,
     });
     const REF: HostVTableRef = HostVTableRef(Self::WM.static_as_prefix());
@@ -203,9 +227,11 @@ unsafe extern "C" fn now_ns<H: HostServices>(ctx: *mut HostCtx) -> u64 {
 unsafe extern "C" fn counters<H: HostServices>(ctx: *mut HostCtx) -> Counters {
     (*ctx.cast::<H>()).counters()
 }
+#[cfg(not(feature = "first-layout"))]
 unsafe extern "C" fn cgroup_path<H: HostServices>(ctx: *mut HostCtx, id: u64) -> ROption<RString> {
     (*ctx.cast::<H>()).cgroup_path(id).map(RString::from).into()
 }
+#[cfg(not(feature = "first-layout"))]
 unsafe extern "C" fn task_uid<H: HostServices>(ctx: *mut HostCtx, tgid: i32) -> ROption<u32> {
     (*ctx.cast::<H>()).task_uid(tgid).into()
 }

@@ -5,6 +5,8 @@ use std::cell::Cell;
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+// The first layout (a test build) lacks the entries that use some of these.
+#[cfg_attr(feature = "first-layout", allow(unused_imports))]
 use abi_stable::{
     prefix_type::WithMetadata,
     std_types::{ROption, RResult, RStr, RString, RVec},
@@ -179,6 +181,8 @@ pub struct ErasedScheduler {
 type Call<T> = RResult<T, RString>;
 
 /// Function table behind [`SchedulerBox`]. New entries are only ever appended.
+/// Each appended entry is `missing_field(option)`: the host loads plugins
+/// built before it was added (and plugins, hosts without it).
 ///
 /// One call per decision (not one per trait method) keeps the cost of the
 /// boundary small next to the policy's own work.
@@ -196,6 +200,7 @@ pub struct SchedulerVTable {
     #[sabi(last_prefix_field)]
     drop: unsafe extern "C" fn(*mut ErasedScheduler),
     // Added after the first layout: a host may meet a plugin without it.
+    #[cfg(not(feature = "first-layout"))]
     #[sabi(missing_field(option))]
     counters: unsafe extern "C" fn(*mut ErasedScheduler) -> Call<RVec<NamedCounter>>,
 }
@@ -263,14 +268,19 @@ impl SchedulerBox {
 
     /// See [`CustomScheduler::counters`]; empty for a plugin that predates them.
     pub fn counters(&mut self) -> Result<Vec<(String, u64)>, String> {
-        let Some(f) = self.vtable.counters() else {
-            return Ok(Vec::new());
-        };
-        // SAFETY: as above.
-        let v = plain(unsafe { f(self.this) })?;
-        Ok(v.into_iter()
-            .map(|c| (c.name.into_string(), c.value))
-            .collect())
+        #[cfg(feature = "first-layout")]
+        return Ok(Vec::new());
+        #[cfg(not(feature = "first-layout"))]
+        {
+            let Some(f) = self.vtable.counters() else {
+                return Ok(Vec::new());
+            };
+            // SAFETY: as above.
+            let v = plain(unsafe { f(self.this) })?;
+            Ok(v.into_iter()
+                .map(|c| (c.name.into_string(), c.value))
+                .collect())
+        }
     }
 
     /// See [`CustomScheduler::reconfigure`]. The outer error is a failure of
@@ -345,6 +355,7 @@ impl<T: CustomScheduler> VTableFor<T> {
         pool_count: pool_count::<T>,
         reconfigure: reconfigure::<T>,
         drop: drop_box::<T>,
+        #[cfg(not(feature = "first-layout"))]
         counters: counters::<T>,
     });
     const REF: SchedulerVTableRef = SchedulerVTableRef(Self::WM.static_as_prefix());
@@ -387,6 +398,7 @@ unsafe extern "C" fn reconfigure<T: CustomScheduler>(
         p.reconfigure(config.as_str()).map_err(RString::from).into()
     })
 }
+#[cfg(not(feature = "first-layout"))]
 unsafe extern "C" fn counters<T: CustomScheduler>(
     this: *mut ErasedScheduler,
 ) -> Call<RVec<NamedCounter>> {
