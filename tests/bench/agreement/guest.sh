@@ -13,14 +13,17 @@ for p in "$@"; do
   "$bin/host" --config "$repo/configs/$p.toml" > "host-$p.log" 2>&1 &
   h=$!
   wait_state enabled 200 || { echo "agreement: $p did not attach" >&2; continue; }
+  # Wait for the load only: a bare `wait` would also wait for the host.
   stress-ng --cpu 4 -t 8 > /dev/null 2>&1 &
+  load=$!
   echo "RESULT $p hogs-periodic $("$bin/probe" 10 8 | p99)"
-  wait
+  wait $load
   t=$(hackbench -g 4 -l 200 2>&1 | sed -n 's/^Time: //p')
   echo "RESULT $p messaging $(awk -v t="$t" 'BEGIN { printf "%.3f", 1 / t }')"
   stress-ng --cpu 2 --fork 2 -t 8 > /dev/null 2>&1 &
+  load=$!
   echo "RESULT $p churn $("$bin/probe" 10 8 | p99)"
-  wait
+  wait $load
   [ "$(state)" = enabled ] || echo "RESULT $p ejected 1"
   kill -INT $h
   wait $h
