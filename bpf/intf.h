@@ -55,6 +55,14 @@ struct rthulhu_queued {
 
 /* Dispatch flag: run now, preempting a running task if no CPU is idle. */
 #define RTHULHU_DSP_PREEMPT (1ULL << 63)
+/* Bits 48..55 of the dispatched flags: the task's class (see below). */
+#define RTHULHU_DSP_CLASS_SHIFT 48
+#define RTHULHU_DSP_CLASS_MASK (0xffULL << RTHULHU_DSP_CLASS_SHIFT)
+
+/* Wake-up latency per task class: classes told apart, and log2 buckets of
+ * the wait (bucket i: [2^i, 2^(i+1)) ns; the last, every longer wait). */
+#define RTHULHU_MAX_CLASSES 16
+#define RTHULHU_LAT_BUCKETS 40
 
 /* A decision, host → kernel (BPF_MAP_TYPE_USER_RINGBUF "dispatched"). */
 struct rthulhu_dispatched {

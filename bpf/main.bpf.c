@@ -133,6 +133,28 @@ volatile u32 bypass;
 /* Which of the fallback and shared queues a CPU looks at first (they alternate). */
 u64 dispatch_turn;
 
+/*
+ * Wake-up latency per class (ops.runnable to ops.running), the sum and the
+ * longest wait, and preemptions suffered (stopped while runnable with slice
+ * left). Every task counts, those that never pass through user space too;
+ * a task's class is the one the host gave its last decision (0 before any).
+ * The max is updated without a lock: two CPUs racing may keep the smaller
+ * of two new maxima, which a later longer wait corrects.
+ */
+u64 lat_hist[RTHULHU_MAX_CLASSES][RTHULHU_LAT_BUCKETS];
+u64 lat_sum_ns[RTHULHU_MAX_CLASSES];
+u64 lat_max_ns[RTHULHU_MAX_CLASSES];
+u64 nr_preempted[RTHULHU_MAX_CLASSES];
+
+/*
+ * The plugin's wake-up preemption rule (written by the host): a task of a
+ * class whose bit is set in urgent_classes, waking after a last run of at
+ * most urgent_burst_ns, preempts at once without asking the host.
+ */
+volatile u64 urgent_classes;
+volatile u64 urgent_burst_ns;
+volatile u64 nr_urgent_wakeups;
+
 /* When each CPU went idle (0: busy). */
 u64 idle_since[RTHULHU_MAX_CPUS];
 
@@ -171,6 +193,9 @@ struct task_ctx {
 	u32 held;	/* a record is out and nothing has dispatched the task yet */
 	u32 inflight;	/* inserted on the host's word, not yet running */
 	u32 counted;	/* in nr_running */
+	u32 class;	/* the plugin's class for it (< RTHULHU_MAX_CLASSES) */
+	u64 runnable_at; /* when it became runnable, 0 once it ran */
+	u64 slice_at_start; /* its slice when it last started running */
 };
 
 struct {
@@ -258,6 +283,48 @@ static bool cpu_taken(s32 cpu)
 	bpf_rcu_read_unlock();
 	return taken;
 }
+
+/* Whether a task may take cpu from whatever runs there now: not from an
+ * RT/DL task, nor from the host (that would delay every decision). */
+static bool preemptible(s32 cpu)
+{
+	struct task_struct *curr;
+	bool ok;
+
+	bpf_rcu_read_lock();
+	curr = scx_bpf_cpu_curr(cpu);
+	ok = curr && curr->prio >= MAX_RT_PRIO && curr->tgid != usersched_tgid;
+	bpf_rcu_read_unlock();
+	return ok;
+}
+
+/* CPUs past the last one an urgent task looks at when that one is not
+ * preemptible: a bounded scan, in the order of their numbers. */
+#define PREEMPT_SCAN 8
+
+/*
+ * Where an urgent task runs at once: an idle CPU it may use, its last CPU
+ * first; else its last CPU or one of the next few it may use, if
+ * preemptible. -1: none.
+ */
+static s32 preempt_target(const struct task_struct *p)
+{
+	s32 prev = scx_bpf_task_cpu(p), cpu;
+	u32 nr = scx_bpf_nr_cpu_ids(), i;
+
+	if (bpf_cpumask_test_cpu(prev, p->cpus_ptr) && scx_bpf_test_and_clear_cpu_idle(prev))
+		return prev;
+	cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
+	if (cpu >= 0)
+		return cpu;
+	for (i = 0; i < PREEMPT_SCAN && i < nr; i++) {
+		cpu = (prev + i) % nr;
+		if (bpf_cpumask_test_cpu(cpu, p->cpus_ptr) && preemptible(cpu))
+			return cpu;
+	}
+	return -1;
+}
+
 
 /*
  * Tells the host that BPF took back the task it holds under record `gen`
@@ -404,6 +471,30 @@ static void enqueue_in_kernel(struct task_struct *p, u64 enq_flags)
 	insert_fallback(p, enq_flags);
 }
 
+/*
+ * The plugin's wake-up preemption rule, applied the moment the task wakes:
+ * false leaves the task to the host. The guard against churn is the rule's
+ * burst limit: a task whose last run was long (a hog) always asks the host.
+ */
+static bool urgent_wakeup(struct task_struct *p, struct task_ctx *tctx, u64 enq_flags)
+{
+	u64 classes = urgent_classes;
+	s32 cpu;
+
+	if (!(enq_flags & SCX_ENQ_WAKEUP) || tctx->class >= 64 ||
+	    !(classes & (1ULL << tctx->class)))
+		return false;
+	if (tctx->stop_ts - tctx->start_ts > urgent_burst_ns)
+		return false;
+	cpu = preempt_target(p);
+	if (cpu < 0)
+		return false;
+	scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL_ON | cpu, slice_ns, enq_flags | SCX_ENQ_PREEMPT);
+	scx_bpf_kick_cpu(cpu, SCX_KICK_PREEMPT);
+	__sync_fetch_and_add(&nr_urgent_wakeups, 1);
+	return true;
+}
+
 SEC("struct_ops/rthulhu_enqueue")
 int rthulhu_enqueue(unsigned long long *ctx)
 {
@@ -439,6 +530,8 @@ int rthulhu_enqueue(unsigned long long *ctx)
 		insert_fallback(p, enq_flags);
 		return 0;
 	}
+	if (urgent_wakeup(p, tctx, enq_flags))
+		return 0;
 	h.gen = ++tctx->gen;
 	h.since = bpf_ktime_get_ns();
 	if (bpf_map_update_elem(&held_tasks, &pid, &h, BPF_ANY)) {
@@ -519,8 +612,15 @@ static long dispatch_one(struct bpf_dynptr *dynptr, struct drain_ctx *dc)
 		return 0;
 	}
 	preempt = d.flags & RTHULHU_DSP_PREEMPT;
-	d.flags &= ~RTHULHU_DSP_PREEMPT;
+	tctx->class = (d.flags & RTHULHU_DSP_CLASS_MASK) >> RTHULHU_DSP_CLASS_SHIFT;
+	if (tctx->class >= RTHULHU_MAX_CLASSES)
+		tctx->class = RTHULHU_MAX_CLASSES - 1;
+	d.flags &= ~(RTHULHU_DSP_PREEMPT | RTHULHU_DSP_CLASS_MASK);
 	cpu = d.cpu;
+	/* An urgent task goes straight to a CPU's local queue, preempting:
+	 * through the shared queue a kicked CPU might serve the fallback first. */
+	if (cpu < 0 && preempt)
+		cpu = preempt_target(p);
 	if (cpu >= 0) {
 		/* Not there: the task may not run on it, or an RT/DL task holds it. */
 		if (bpf_cpumask_test_cpu(cpu, p->cpus_ptr) && !cpu_taken(cpu))
@@ -636,16 +736,61 @@ int rthulhu_update_idle(unsigned long long *ctx)
 	return 0;
 }
 
-SEC("struct_ops/rthulhu_running")
-int rthulhu_running(unsigned long long *ctx)
+static __always_inline u32 log2_u64(u64 v)
+{
+	u32 r = 0;
+
+	if (v >> 32) { v >>= 32; r += 32; }
+	if (v >> 16) { v >>= 16; r += 16; }
+	if (v >> 8) { v >>= 8; r += 8; }
+	if (v >> 4) { v >>= 4; r += 4; }
+	if (v >> 2) { v >>= 2; r += 2; }
+	if (v >> 1) r += 1;
+	return r;
+}
+
+/* One wake-up of a task of class c that waited wait ns. */
+static __always_inline void record_wakeup(u32 c, u64 wait)
+{
+	u32 b = log2_u64(wait);
+
+	if (c >= RTHULHU_MAX_CLASSES)
+		return;
+	if (b >= RTHULHU_LAT_BUCKETS)
+		b = RTHULHU_LAT_BUCKETS - 1;
+	__sync_fetch_and_add(&lat_hist[c][b], 1);
+	__sync_fetch_and_add(&lat_sum_ns[c], wait);
+	if (wait > lat_max_ns[c])
+		lat_max_ns[c] = wait;
+}
+
+SEC("struct_ops/rthulhu_runnable")
+int rthulhu_runnable(unsigned long long *ctx)
 {
 	struct task_struct *p = (void *)ctx[0];
 	struct task_ctx *tctx;
 
 	tctx = bpf_task_storage_get(&task_ctxs, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (tctx)
+		tctx->runnable_at = bpf_ktime_get_ns();
+	return 0;
+}
+
+SEC("struct_ops/rthulhu_running")
+int rthulhu_running(unsigned long long *ctx)
+{
+	struct task_struct *p = (void *)ctx[0];
+	struct task_ctx *tctx;
+	u64 now = bpf_ktime_get_ns();
+
+	tctx = bpf_task_storage_get(&task_ctxs, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!tctx)
 		return 0;
-	tctx->start_ts = bpf_ktime_get_ns();
+	if (tctx->runnable_at && now > tctx->runnable_at)
+		record_wakeup(tctx->class, now - tctx->runnable_at);
+	tctx->runnable_at = 0;
+	tctx->start_ts = now;
+	tctx->slice_at_start = p->scx.slice;
 	take_inflight(tctx);
 	if (!is_host_thread(p) && !tctx->counted) {
 		tctx->counted = 1;
@@ -660,10 +805,17 @@ int rthulhu_stopping(unsigned long long *ctx)
 	struct task_struct *p = (void *)ctx[0];
 	struct task_ctx *tctx;
 
+	bool runnable = ctx[1];
+
 	tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
 	if (!tctx)
 		return 0;
 	tctx->stop_ts = bpf_ktime_get_ns();
+	/* Switched out while runnable before its slice ran out: preempted (a
+	 * kick zeroes the slice, so the time it ran tells, not what is left). */
+	if (runnable && tctx->stop_ts - tctx->start_ts < tctx->slice_at_start &&
+	    tctx->class < RTHULHU_MAX_CLASSES)
+		__sync_fetch_and_add(&nr_preempted[tctx->class], 1);
 	if (tctx->counted) {
 		tctx->counted = 0;
 		__sync_fetch_and_sub(&nr_running, 1);
@@ -803,6 +955,7 @@ struct sched_ext_ops rthulhu_ops = {
 	.enqueue = (void *)rthulhu_enqueue,
 	.dequeue = (void *)rthulhu_dequeue,
 	.dispatch = (void *)rthulhu_dispatch,
+	.runnable = (void *)rthulhu_runnable,
 	.running = (void *)rthulhu_running,
 	.stopping = (void *)rthulhu_stopping,
 	.update_idle = (void *)rthulhu_update_idle,

@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(w) => {
             let tasks: u32 = w.groups.iter().map(|g| g.count).sum();
             if w.duration_ms <= 20 && tasks <= 32 && w.cpus <= 8 {
-                let policy = Native(simple::Simple::new("").unwrap());
+                let policy = Native::new(simple::Simple::new("").unwrap());
                 let _ = simulate("simple", policy, &w, SliceOpts::default(), true);
             }
         }

@@ -5,10 +5,10 @@ use std::time::{Duration, Instant};
 
 use plugin_api::{
     Counters, CpuTarget, CustomScheduler, Decision, DispatchedTask, HostServices, Next, QueuedTask,
-    Sched, SchedulerBox,
+    Sched, SchedulerBox, WakeupPreemption,
 };
 
-use crate::kernel::{ExitInfo, Kernel, KernelError, Liveness, Wake};
+use crate::kernel::{ExitInfo, Kernel, KernelError, Latency, Liveness, Wake, MAX_CLASSES};
 
 /// A policy as the loop calls it: a loaded plugin ([`SchedulerBox`]) or, for
 /// benchmarks, the same policy linked in directly ([`Native`]).
@@ -23,6 +23,12 @@ pub trait Policy {
     fn reconfigure(&mut self, table: &str) -> Result<Result<(), String>, String>;
     /// See [`CustomScheduler::counters`].
     fn named_counters(&mut self) -> Result<Vec<(String, u64)>, String>;
+    /// See [`CustomScheduler::classes`].
+    fn classes(&mut self) -> Result<Vec<String>, String>;
+    /// The class of the task in the last decision.
+    fn last_class(&mut self) -> u32;
+    /// See [`CustomScheduler::wakeup_preemption`].
+    fn wakeup_preemption(&mut self) -> Result<WakeupPreemption, String>;
 }
 
 impl Policy for SchedulerBox {
@@ -38,35 +44,69 @@ impl Policy for SchedulerBox {
     fn named_counters(&mut self) -> Result<Vec<(String, u64)>, String> {
         self.counters()
     }
+    fn classes(&mut self) -> Result<Vec<String>, String> {
+        SchedulerBox::classes(self)
+    }
+    fn last_class(&mut self) -> u32 {
+        SchedulerBox::last_class(self)
+    }
+    fn wakeup_preemption(&mut self) -> Result<WakeupPreemption, String> {
+        SchedulerBox::wakeup_preemption(self)
+    }
 }
 
 /// A policy called directly, without the plugin boundary.
-pub struct Native<T>(pub T);
+pub struct Native<T> {
+    policy: T,
+    /// The class of its last decision.
+    class: std::cell::Cell<u32>,
+}
+
+impl<T> Native<T> {
+    /// Calls `policy` directly.
+    pub fn new(policy: T) -> Self {
+        Native {
+            policy,
+            class: std::cell::Cell::new(0),
+        }
+    }
+}
 
 impl<T: CustomScheduler> Policy for Native<T> {
     fn drain(&mut self, s: &mut Sched<'_>) -> Result<u64, String> {
-        self.0.drain_queued_tasks(s);
-        Ok(self.0.pool_count())
+        self.policy.drain_queued_tasks(s);
+        Ok(self.policy.pool_count())
     }
     fn next(&mut self, s: &mut Sched<'_>, busy: bool) -> Result<Next, String> {
         let stage = std::cell::Cell::new("");
-        let decision = plugin_api::decide(&mut self.0, s, &stage, busy).into();
+        let decision = plugin_api::decide(&mut self.policy, s, &stage, busy, &self.class).into();
         Ok(Next {
             decision,
-            pool_count: self.0.pool_count(),
+            pool_count: self.policy.pool_count(),
         })
     }
     fn reconfigure(&mut self, table: &str) -> Result<Result<(), String>, String> {
-        Ok(self.0.reconfigure(table))
+        Ok(self.policy.reconfigure(table))
     }
     fn named_counters(&mut self) -> Result<Vec<(String, u64)>, String> {
-        Ok(self.0.counters())
+        Ok(self.policy.counters())
+    }
+    fn classes(&mut self) -> Result<Vec<String>, String> {
+        Ok(self.policy.classes())
+    }
+    fn last_class(&mut self) -> u32 {
+        self.class.get()
+    }
+    fn wakeup_preemption(&mut self) -> Result<WakeupPreemption, String> {
+        Ok(self.policy.wakeup_preemption())
     }
 }
 
 /// [`DispatchedTask::flags`] bit: run this task now, preempting a running
 /// one if no CPU is idle (the BPF side strips it before the kernel sees the flags).
 pub const DISPATCH_PREEMPT: u64 = 1 << 63;
+/// [`DispatchedTask::flags`] bits 48..56: the task's class (stripped too).
+pub const DISPATCH_CLASS_SHIFT: u32 = 48;
 
 /// Host default slice, `max(default_ns / waiting, min_ns)`, and how far
 /// ahead of the CPUs the loop hands tasks to the kernel.
@@ -144,6 +184,10 @@ pub struct Tick<'a> {
     pub pending: u64,
     /// Counters the plugin publishes.
     pub plugin_counters: Vec<(String, u64)>,
+    /// The plugin's classes (at most [`MAX_CLASSES`]).
+    pub classes: &'a [String],
+    /// Wake-up latency per class, from the kernel side.
+    pub latency: Latency,
 }
 
 /// Receives [`Tick`]s.
@@ -171,6 +215,8 @@ pub struct Dispatcher<P, K> {
     pub observer: Option<Observer>,
     pending: u64,
     last_tick: Option<Instant>,
+    /// The plugin's class names, asked at the start of the run.
+    classes: Vec<String>,
 }
 
 impl<P: Policy, K: Kernel> Dispatcher<P, K> {
@@ -186,11 +232,13 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
             observer: None,
             pending: 0,
             last_tick: None,
+            classes: Vec::new(),
         }
     }
 
     /// Runs until the kernel side ends the run; returns how it ended.
     pub fn run(&mut self) -> Result<ExitInfo, LoopError> {
+        self.read_classes()?;
         loop {
             let wake = self.kernel.wait()?;
             // Everything from here to the next wait calls into the plugin:
@@ -202,6 +250,23 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
                 return Ok(info);
             }
         }
+    }
+
+    /// The plugin's class names (at most [`MAX_CLASSES`], never none) and
+    /// its wake-up preemption rule, handed to the kernel side.
+    fn read_classes(&mut self) -> Result<(), LoopError> {
+        self.classes = self.policy.classes().map_err(LoopError::Plugin)?;
+        self.classes.truncate(MAX_CLASSES);
+        if self.classes.is_empty() {
+            self.classes.push("all".into());
+        }
+        let mut rule = self.policy.wakeup_preemption().map_err(LoopError::Plugin)?;
+        // Only classes the loop tells the kernel about can be covered.
+        if self.classes.len() < 64 {
+            rule.classes &= (1u64 << self.classes.len()) - 1;
+        }
+        self.kernel.set_wakeup_preemption(rule);
+        Ok(())
     }
 
     /// One wake-up; `Some` when the run ended.
@@ -232,6 +297,8 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
                 liveness: self.kernel.liveness(),
                 pending: self.pending,
                 plugin_counters,
+                classes: &self.classes,
+                latency: self.kernel.latency(),
             });
         }
         Ok(())
@@ -249,6 +316,9 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
             Ok(()) => {
                 tracing::info!("reconfigured the plugin from the reloaded config");
                 self.applied = Some(table);
+                // New settings may name other classes (the counts so far
+                // stay with the class numbers they were taken under).
+                self.read_classes()?;
             }
             Err(e) => {
                 tracing::warn!("plugin refused the reloaded settings, keeping the old ones: {e}")
@@ -304,6 +374,10 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
                 vtime,
                 flags: 0,
             };
+            if self.classes.len() > 1 {
+                let class = policy.last_class().min(MAX_CLASSES as u32 - 1);
+                d.flags |= u64::from(class) << DISPATCH_CLASS_SHIFT;
+            }
             // Only a busy round may preempt, whatever the plugin's vtable says.
             if busy {
                 if preempt {

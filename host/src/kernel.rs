@@ -91,6 +91,38 @@ impl ExitKind {
 #[error("{0}")]
 pub struct KernelError(pub String);
 
+/// Task classes the kernel side tells apart (`RTHULHU_MAX_CLASSES`).
+pub const MAX_CLASSES: usize = 16;
+/// Log2 buckets of a wake-up latency histogram (`RTHULHU_LAT_BUCKETS`):
+/// bucket i counts waits of [2^i, 2^(i+1)) ns, the last one every longer wait.
+pub const LAT_BUCKETS: usize = 40;
+
+/// Per class: how long tasks waited from becoming runnable to running
+/// (`ops.runnable` to `ops.running`), and how often a running task was
+/// preempted before its slice ended. Counts since attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Latency {
+    /// Wake-ups per log2 bucket of their wait.
+    pub hist: [[u64; LAT_BUCKETS]; MAX_CLASSES],
+    /// Sum of the waits (ns).
+    pub sum_ns: [u64; MAX_CLASSES],
+    /// Longest wait (ns).
+    pub max_ns: [u64; MAX_CLASSES],
+    /// Preemptions suffered.
+    pub preempted: [u64; MAX_CLASSES],
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency {
+            hist: [[0; LAT_BUCKETS]; MAX_CLASSES],
+            sum_ns: [0; MAX_CLASSES],
+            max_ns: [0; MAX_CLASSES],
+            preempted: [0; MAX_CLASSES],
+        }
+    }
+}
+
 /// What the dispatch loop needs from the kernel side.
 pub trait Kernel {
     /// Blocks until there is work for the scheduler or the run ends.
@@ -121,6 +153,14 @@ pub trait Kernel {
     /// How the kernel side kept the machine live (fallbacks, rescues...).
     fn liveness(&self) -> Liveness {
         Liveness::default()
+    }
+    /// Applies the plugin's wake-up preemption rule (the simulator does not
+    /// model it: its tasks always go through the plugin).
+    fn set_wakeup_preemption(&mut self, _rule: plugin_api::WakeupPreemption) {}
+    /// Wake-up latency per task class, as the kernel side measured it
+    /// (empty where it measures none).
+    fn latency(&self) -> Latency {
+        Latency::default()
     }
     /// Path of a cgroup by id, for plugins that select by cgroup.
     fn cgroup_path(&mut self, _cgroup_id: u64) -> Option<String> {
@@ -161,4 +201,7 @@ pub struct Liveness {
     pub idle_kicks: u64,
     /// Times the kernel side woke the host.
     pub host_wakeups: u64,
+    /// Wake-ups that preempted at once by the plugin's rule, without the host.
+    #[serde(default)]
+    pub urgent_wakeups: u64,
 }

@@ -7,6 +7,7 @@ pub mod cpus;
 pub mod dispatcher;
 pub mod input;
 pub mod kernel;
+pub mod latency;
 pub mod notify;
 pub mod occupancy;
 pub mod plugin;

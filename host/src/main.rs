@@ -397,6 +397,7 @@ fn observer(shared: stats::Shared) -> rthulhu::dispatcher::Observer {
             page_faults: stats::page_faults().saturating_sub(faults_at_attach),
         };
         s.plugin_counters = t.plugin_counters.into_iter().collect();
+        s.classes = rthulhu::latency::figures(t.classes, &t.latency);
         last = (now, t.stats.decisions, t.stats.busy);
     })
 }

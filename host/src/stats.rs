@@ -35,6 +35,9 @@ pub struct Snapshot {
     pub liveness: crate::kernel::Liveness,
     /// Counters the plugin publishes.
     pub plugin_counters: BTreeMap<String, u64>,
+    /// Wake-up latency per task class, measured in the kernel.
+    #[serde(default)]
+    pub classes: Vec<crate::latency::ClassFigures>,
 }
 
 /// The BPF side's counters.
@@ -310,6 +313,7 @@ pub fn prometheus(s: &Snapshot) -> String {
             s.plugin
         ));
     }
+    crate::latency::prometheus(&s.classes, &mut out);
     out
 }
 
@@ -342,7 +346,7 @@ pub fn line(s: &Snapshot) -> String {
     );
     let v = &s.liveness;
     l.push_str(&format!(
-        " | held {} direct {} keep {} stale {} ghosts {} rescues {} rescued {} bypassed {} reenqueued {}",
+        " | held {} direct {} keep {} stale {} ghosts {} rescues {} rescued {} bypassed {} reenqueued {} urgent {}",
         v.held,
         v.direct_dispatches,
         v.keep_running,
@@ -351,12 +355,14 @@ pub fn line(s: &Snapshot) -> String {
         v.rescues,
         v.rescued,
         v.bypassed,
-        v.reenqueued
+        v.reenqueued,
+        v.urgent_wakeups
     ));
     l.push_str(&format!(" | faults {}", s.host.page_faults));
     for (name, value) in &s.plugin_counters {
         l.push_str(&format!(" | {name} {value}"));
     }
+    crate::latency::lines(&s.classes, &mut l);
     l
 }
 

@@ -100,6 +100,49 @@ pub trait CustomScheduler: Send + Sized + 'static {
         Vec::new()
     }
 
+    /// Names of the classes this policy puts tasks in, for the per-class
+    /// wake-up latency the host measures in the kernel (stats `classes`);
+    /// [`task_class`](Self::task_class) returns an index into this list.
+    /// Called once, after [`new`](Self::new). The default: one class, `all`.
+    /// The host keeps the first 16.
+    ///
+    /// ```
+    /// # use plugin_api::{CpuTarget, CustomScheduler, QueuedTask, Sched};
+    /// struct TwoClasses;
+    /// impl CustomScheduler for TwoClasses {
+    ///     const NAME: &'static str = "two";
+    ///     fn new(_: &str) -> Result<Self, String> { Ok(TwoClasses) }
+    ///     fn drain_queued_tasks(&mut self, _: &mut Sched<'_>) {}
+    ///     fn select_queued_task(&mut self, _: &mut Sched<'_>) -> Option<QueuedTask> { None }
+    ///     fn select_cpu(&mut self, _: &mut Sched<'_>, _: &QueuedTask) -> CpuTarget { CpuTarget::Any }
+    ///     fn pool_count(&self) -> u64 { 0 }
+    ///     fn classes(&self) -> Vec<String> {
+    ///         vec!["batch".into(), "interactive".into()]
+    ///     }
+    ///     fn task_class(&self, task: &QueuedTask) -> u32 {
+    ///         u32::from(task.comm_str().starts_with("ping"))
+    ///     }
+    /// }
+    /// assert_eq!(TwoClasses.classes().len(), 2);
+    /// ```
+    fn classes(&self) -> Vec<String> {
+        vec!["all".into()]
+    }
+
+    /// The class of `task` (an index into [`classes`](Self::classes)), asked
+    /// when the task is dispatched; the task keeps it until it is dispatched
+    /// again. The default: 0.
+    fn task_class(&self, _task: &QueuedTask) -> u32 {
+        0
+    }
+
+    /// The rule by which tasks preempt at wake-up in the kernel, without a
+    /// round trip through the host (see [`WakeupPreemption`]). Asked at the
+    /// start and after every reconfiguration. The default: none do.
+    fn wakeup_preemption(&self) -> WakeupPreemption {
+        WakeupPreemption::default()
+    }
+
     /// Applies a new `[plugin]` table at run time. The default refuses, and
     /// the host keeps the current settings.
     fn reconfigure(&mut self, _config: &str) -> Result<(), String> {
@@ -107,6 +150,36 @@ pub trait CustomScheduler: Send + Sized + 'static {
             "plugin {} cannot be reconfigured at run time",
             Self::NAME
         ))
+    }
+}
+
+/// Which tasks preempt at wake-up, decided in the kernel the moment they
+/// wake (no host round trip): those of the classes in `classes` (bit i:
+/// class i, see [`CustomScheduler::task_class`]) whose last run lasted at
+/// most `max_burst_ns` — a task that ran longer (a hog) goes through the
+/// plugin as usual, which guards against churn. Such a task takes an idle
+/// CPU, or its last CPU unless an RT task or the host holds it; with
+/// neither, it goes through the plugin.
+///
+/// ```
+/// use plugin_api::WakeupPreemption;
+/// // Class 1 ("interactive") preempts when its last run was under 1 ms.
+/// let rule = WakeupPreemption { classes: 1 << 1, max_burst_ns: 1_000_000 };
+/// assert!(rule.covers(1) && !rule.covers(0));
+/// ```
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WakeupPreemption {
+    /// Bit i set: tasks of class i may preempt at wake-up.
+    pub classes: u64,
+    /// The longest last run a preempting task may have had (ns).
+    pub max_burst_ns: u64,
+}
+
+impl WakeupPreemption {
+    /// Whether tasks of `class` may preempt at wake-up.
+    pub fn covers(&self, class: u32) -> bool {
+        class < 64 && self.classes & (1 << class) != 0
     }
 }
 
@@ -144,12 +217,14 @@ pub struct Next {
 /// then [`time_slice`](CustomScheduler::time_slice) and
 /// [`select_cpu`](CustomScheduler::select_cpu) for that task. `stage` names
 /// the method running, for error messages.
+/// The chosen task's class ([`CustomScheduler::task_class`]) goes to `class`.
 #[doc(hidden)]
 pub fn decide<T: CustomScheduler>(
     sched: &mut T,
     s: &mut Sched<'_>,
     stage: &Cell<&'static str>,
     busy: bool,
+    class: &Cell<u32>,
 ) -> Option<Decision> {
     let task = if busy {
         stage.set("select_preempting");
@@ -162,6 +237,8 @@ pub fn decide<T: CustomScheduler>(
     let slice_ns = sched.time_slice(s, &task);
     stage.set("select_cpu");
     let cpu = sched.select_cpu(s, &task);
+    stage.set("task_class");
+    class.set(sched.task_class(&task));
     Some(Decision {
         pid: task.pid,
         vtime: task.vtime,
@@ -203,6 +280,16 @@ pub struct SchedulerVTable {
     #[cfg(not(feature = "first-layout"))]
     #[sabi(missing_field(option))]
     counters: unsafe extern "C" fn(*mut ErasedScheduler) -> Call<RVec<NamedCounter>>,
+    #[cfg(not(feature = "first-layout"))]
+    #[sabi(missing_field(option))]
+    classes: unsafe extern "C" fn(*mut ErasedScheduler) -> Call<RVec<RString>>,
+    // The class of the task in the last decision (kept by the glue).
+    #[cfg(not(feature = "first-layout"))]
+    #[sabi(missing_field(option))]
+    last_class: unsafe extern "C" fn(*mut ErasedScheduler) -> u32,
+    #[cfg(not(feature = "first-layout"))]
+    #[sabi(missing_field(option))]
+    wakeup_preemption: unsafe extern "C" fn(*mut ErasedScheduler) -> Call<WakeupPreemption>,
 }
 
 /// A counter a plugin publishes ([`CustomScheduler::counters`]).
@@ -237,6 +324,7 @@ impl SchedulerBox {
         let cell = Box::new(Guarded {
             inner: sched,
             poisoned: false,
+            last_class: 0,
         });
         SchedulerBox {
             this: Box::into_raw(cell).cast(),
@@ -264,6 +352,40 @@ impl SchedulerBox {
     pub fn pool_count(&mut self) -> Result<u64, String> {
         // SAFETY: as above.
         plain(unsafe { (self.vtable.pool_count())(self.this) })
+    }
+
+    /// See [`CustomScheduler::classes`]; `["all"]` for a plugin that predates them.
+    pub fn classes(&mut self) -> Result<Vec<String>, String> {
+        #[cfg(not(feature = "first-layout"))]
+        if let Some(f) = self.vtable.classes() {
+            // SAFETY: as above.
+            let v = plain(unsafe { f(self.this) })?;
+            return Ok(v.into_iter().map(RString::into_string).collect());
+        }
+        Ok(vec!["all".into()])
+    }
+
+    /// See [`CustomScheduler::wakeup_preemption`]; none for a plugin that
+    /// predates it.
+    pub fn wakeup_preemption(&mut self) -> Result<WakeupPreemption, String> {
+        #[cfg(not(feature = "first-layout"))]
+        if let Some(f) = self.vtable.wakeup_preemption() {
+            // SAFETY: as above.
+            return plain(unsafe { f(self.this) });
+        }
+        Ok(WakeupPreemption::default())
+    }
+
+    /// The class of the task in the last decision
+    /// ([`CustomScheduler::task_class`]); 0 for a plugin that predates classes.
+    #[inline]
+    pub fn last_class(&mut self) -> u32 {
+        #[cfg(not(feature = "first-layout"))]
+        if let Some(f) = self.vtable.last_class() {
+            // SAFETY: as above.
+            return unsafe { f(self.this) };
+        }
+        0
     }
 
     /// See [`CustomScheduler::counters`]; empty for a plugin that predates them.
@@ -306,6 +428,8 @@ fn plain<T>(r: Call<T>) -> Result<T, String> {
 struct Guarded<T> {
     inner: T,
     poisoned: bool,
+    /// The class of the task in the last decision.
+    last_class: u32,
 }
 
 /// Runs `f` on the plugin's scheduler, catching any panic so that it never
@@ -357,6 +481,12 @@ impl<T: CustomScheduler> VTableFor<T> {
         drop: drop_box::<T>,
         #[cfg(not(feature = "first-layout"))]
         counters: counters::<T>,
+        #[cfg(not(feature = "first-layout"))]
+        classes: classes::<T>,
+        #[cfg(not(feature = "first-layout"))]
+        last_class: last_class::<T>,
+        #[cfg(not(feature = "first-layout"))]
+        wakeup_preemption: wakeup_preemption::<T>,
     });
     const REF: SchedulerVTableRef = SchedulerVTableRef(Self::WM.static_as_prefix());
 }
@@ -378,14 +508,17 @@ unsafe extern "C" fn next_decision<T: CustomScheduler>(
     busy: bool,
 ) -> Call<Next> {
     let stage = Cell::new("select_queued_task");
-    guarded::<T, _>(this, &stage, |p| {
-        let decision = decide(p, s, &stage, busy).into();
+    let class = Cell::new(0);
+    let next = guarded::<T, _>(this, &stage, |p| {
+        let decision = decide(p, s, &stage, busy, &class).into();
         stage.set("pool_count");
         Next {
             decision,
             pool_count: p.pool_count(),
         }
-    })
+    });
+    (*this.cast::<Guarded<T>>()).last_class = class.get();
+    next
 }
 unsafe extern "C" fn pool_count<T: CustomScheduler>(this: *mut ErasedScheduler) -> Call<u64> {
     guarded::<T, _>(this, &Cell::new("pool_count"), |p| p.pool_count())
@@ -410,6 +543,26 @@ unsafe extern "C" fn counters<T: CustomScheduler>(
                 value,
             })
             .collect()
+    })
+}
+#[cfg(not(feature = "first-layout"))]
+unsafe extern "C" fn classes<T: CustomScheduler>(
+    this: *mut ErasedScheduler,
+) -> Call<RVec<RString>> {
+    guarded::<T, _>(this, &Cell::new("classes"), |p| {
+        p.classes().into_iter().map(RString::from).collect()
+    })
+}
+#[cfg(not(feature = "first-layout"))]
+unsafe extern "C" fn last_class<T: CustomScheduler>(this: *mut ErasedScheduler) -> u32 {
+    (*this.cast::<Guarded<T>>()).last_class
+}
+#[cfg(not(feature = "first-layout"))]
+unsafe extern "C" fn wakeup_preemption<T: CustomScheduler>(
+    this: *mut ErasedScheduler,
+) -> Call<WakeupPreemption> {
+    guarded::<T, _>(this, &Cell::new("wakeup_preemption"), |p| {
+        p.wakeup_preemption()
     })
 }
 unsafe extern "C" fn drop_box<T: CustomScheduler>(this: *mut ErasedScheduler) {

@@ -126,11 +126,11 @@ fn run<P: Policy, K: Kernel>(policy: P, kernel: K) -> Run {
 fn table<K: Kernel>(title: &str, plugin: &Plugin, make: impl Fn() -> K) {
     // Warm up both paths once, then alternate to spread machine noise.
     run(plugin.construct("").unwrap(), make());
-    run(Native(simple::Simple::new("").unwrap()), make());
+    run(Native::new(simple::Simple::new("").unwrap()), make());
     let (mut abi, mut native) = (Vec::new(), Vec::new());
     for _ in 0..5 {
         abi.push(run(plugin.construct("").unwrap(), make()));
-        native.push(run(Native(simple::Simple::new("").unwrap()), make()));
+        native.push(run(Native::new(simple::Simple::new("").unwrap()), make()));
     }
     let best = |runs: &[Run], f: fn(&Run) -> f64| {
         runs.iter()

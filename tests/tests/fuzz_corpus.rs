@@ -41,7 +41,7 @@ fn workload_seeds() {
         match Workload::parse(name.as_ref(), &text) {
             Err(e) => assert!(!e.to_string().contains('\n'), "{name}: {e}"),
             Ok(w) => {
-                let policy = Native(simple::Simple::new("").unwrap());
+                let policy = Native::new(simple::Simple::new("").unwrap());
                 let r = simulate("simple", policy, &w, SliceOpts::default(), true).unwrap();
                 assert!(!r.ejected, "{name}");
                 ran += 1;

@@ -27,7 +27,9 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, OpenObject, RingBuffer, RingBufferBuilder, UserRingBuffer};
 use plugin_api::{Counters, CpuTarget, DispatchedTask, QueuedTask};
 
-use crate::kernel::{ExitInfo, ExitKind, Kernel, KernelError, Liveness, Wake};
+use crate::kernel::{
+    ExitInfo, ExitKind, Kernel, KernelError, Latency, Liveness, Wake, LAT_BUCKETS, MAX_CLASSES,
+};
 use crate::occupancy::Occupancy;
 use skel::{MainSkel, MainSkelBuilder};
 
@@ -433,7 +435,34 @@ impl Kernel for BpfKernel<'_> {
             bypassed: atomic_load(&b.nr_bypassed),
             idle_kicks: atomic_load(&b.nr_idle_kicks),
             host_wakeups: atomic_load(&b.nr_host_wakeups),
+            urgent_wakeups: atomic_load(&b.nr_urgent_wakeups),
         }
+    }
+
+    fn set_wakeup_preemption(&mut self, rule: plugin_api::WakeupPreemption) {
+        if let Some(b) = self.skel.maps.bss_data.as_deref_mut() {
+            atomic_store(&mut b.urgent_burst_ns, rule.max_burst_ns);
+            atomic_store(&mut b.urgent_classes, rule.classes);
+        }
+    }
+
+    fn latency(&self) -> Latency {
+        let mut l = Latency::default();
+        if let Some(b) = self.skel.maps.bss_data.as_deref() {
+            // The sizes in intf.h are ours (a mismatch does not compile).
+            let _: &[[u64; LAT_BUCKETS]; MAX_CLASSES] = &b.lat_hist;
+            // Counters BPF updates with atomics: each read is whole, the set
+            // is not a snapshot (a wake-up may show in the sum before its bucket).
+            for c in 0..MAX_CLASSES {
+                for (i, v) in b.lat_hist[c].iter().enumerate() {
+                    l.hist[c][i] = atomic_load(v);
+                }
+                l.sum_ns[c] = atomic_load(&b.lat_sum_ns[c]);
+                l.max_ns[c] = atomic_load(&b.lat_max_ns[c]);
+                l.preempted[c] = atomic_load(&b.nr_preempted[c]);
+            }
+        }
+        l
     }
 
     fn cgroup_path(&mut self, cgroup_id: u64) -> Option<String> {

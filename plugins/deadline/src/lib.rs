@@ -17,7 +17,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use plugin_api::{CpuTarget, CustomScheduler, QueuedTask, Sched, ENQ_WAKEUP, WEIGHT_NICE_0};
+use plugin_api::{
+    CpuTarget, CustomScheduler, QueuedTask, Sched, WakeupPreemption, ENQ_WAKEUP, WEIGHT_NICE_0,
+};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -190,6 +192,28 @@ impl CustomScheduler for Deadline {
 
     fn pool_count(&self) -> u64 {
         self.pool.len() as u64
+    }
+
+    /// `batch`, and `interactive`: tasks whose recent bursts are short
+    /// enough to preempt (`preempt_burst_us`).
+    fn classes(&self) -> Vec<String> {
+        vec!["batch".into(), "interactive".into()]
+    }
+
+    /// `interactive` tasks preempt at wake-up in the kernel when their last
+    /// run was at most `preempt_burst_us` (0: never).
+    fn wakeup_preemption(&self) -> WakeupPreemption {
+        let limit = self.cfg.preempt_burst_us * 1000;
+        WakeupPreemption {
+            classes: if limit > 0 { 1 << 1 } else { 0 },
+            max_burst_ns: limit,
+        }
+    }
+
+    fn task_class(&self, t: &QueuedTask) -> u32 {
+        let limit = self.cfg.preempt_burst_us * 1000;
+        let st = self.tasks.get(&t.pid);
+        u32::from(st.is_some_and(|st| st.avg_burst <= limit.max(1)))
     }
 
     fn counters(&self) -> Vec<(String, u64)> {

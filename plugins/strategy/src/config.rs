@@ -44,6 +44,8 @@ struct RawStrategy {
 /// they get.
 #[derive(Debug)]
 pub struct Strategy {
+    /// Its `name`, or "strategy N" (1-based): its class in the latency stats.
+    pub name: String,
     /// Priority level: higher runs first; 0 is the level of unmatched tasks.
     pub priority: u32,
     /// Slice of matched tasks (ns); `None` leaves it to the host.
@@ -116,6 +118,7 @@ impl Settings {
                 ));
             }
             strategies.push(Strategy {
+                name: name.clone(),
                 priority: s.priority,
                 slice_ns: s
                     .execution_time_us

@@ -31,7 +31,8 @@ mod config;
 use std::collections::{BTreeMap, HashMap};
 
 use plugin_api::{
-    CpuTarget, CustomScheduler, QueuedTask, Sched, COMM_LEN, ENQ_WAKEUP, WEIGHT_NICE_0,
+    CpuTarget, CustomScheduler, QueuedTask, Sched, WakeupPreemption, COMM_LEN, ENQ_WAKEUP,
+    WEIGHT_NICE_0,
 };
 
 use config::Settings;
@@ -290,6 +291,44 @@ impl CustomScheduler for StrategyPolicy {
 
     fn pool_count(&self) -> u64 {
         self.pool.len() as u64
+    }
+
+    /// `unmatched`, then one class per strategy, by its name.
+    fn classes(&self) -> Vec<String> {
+        std::iter::once("unmatched".to_string())
+            .chain(self.cfg.strategies.iter().map(|s| s.name.clone()))
+            .collect()
+    }
+
+    /// Tasks of a strategy with a priority preempt at wake-up in the
+    /// kernel, unless their last run was longer than `max_burst_us` (the
+    /// same guard that demotes a prioritised hog here).
+    fn wakeup_preemption(&self) -> WakeupPreemption {
+        let classes = self
+            .cfg
+            .strategies
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| s.priority > 0 && *i < 63)
+            .fold(0u64, |m, (i, _)| m | 1 << (i + 1));
+        WakeupPreemption {
+            classes,
+            max_burst_ns: self.cfg.max_burst_ns,
+        }
+    }
+
+    /// The strategy that selected the task (cached when it was queued).
+    fn task_class(&self, t: &QueuedTask) -> u32 {
+        let id = Identity {
+            pid: t.pid,
+            tgid: t.tgid,
+            cgroup_id: t.cgroup_id,
+            comm: t.comm,
+        };
+        match self.matches.get(&id) {
+            Some(&Some(i)) => i as u32 + 1,
+            _ => 0,
+        }
     }
 
     fn counters(&self) -> Vec<(String, u64)> {

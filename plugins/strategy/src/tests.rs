@@ -163,3 +163,19 @@ fn out_of_range_settings_are_refused() {
     .unwrap_err();
     assert!(e.contains("execution_time_us"), "{e}");
 }
+
+#[test]
+fn each_strategy_is_a_class_and_a_task_gets_the_one_that_selected_it() {
+    let mut p = StrategyPolicy::new(CONFIG).unwrap();
+    let classes = p.classes();
+    assert_eq!(classes[0], "unmatched");
+    assert_eq!(classes.len(), p.cfg.strategies.len() + 1);
+    let mut host = host();
+    host.queue = vec![task(3, 100, "nr-gnb", 7), task(1, 1, "bash", 7)].into();
+    Sched::with(&mut host, |s| p.drain_queued_tasks(s));
+    let gnb = task(3, 100, "nr-gnb", 7);
+    let class = p.task_class(&gnb) as usize;
+    assert!(class > 0, "nr-gnb was selected by a strategy");
+    assert_eq!(classes[class], p.cfg.strategies[class - 1].name);
+    assert_eq!(p.task_class(&task(1, 1, "bash", 7)), 0);
+}

@@ -1,0 +1,201 @@
+//! Wake-up latency per task class, from the kernel side's log2 histograms
+//! ([`Latency`]): the figures the stats endpoint serves, one line per class
+//! for `--stats`/`--monitor`, and a Prometheus histogram.
+
+use std::fmt::Write;
+
+use serde::{Deserialize, Serialize};
+
+use crate::kernel::{Latency, LAT_BUCKETS};
+
+/// One class's figures since attach.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ClassFigures {
+    /// The plugin's name for the class.
+    pub name: String,
+    /// Wake-ups measured (a task becoming runnable, then running).
+    pub wakeups: u64,
+    /// Times a running task of this class was preempted before its slice ended.
+    pub preempted: u64,
+    /// How long tasks waited from runnable to running.
+    pub wakeup_latency_ns: Percentiles,
+    /// Wake-ups per log2 bucket: `buckets[i]` counts waits of
+    /// [2^i, 2^(i+1)) ns; the last bucket also every longer wait.
+    pub buckets: Vec<u64>,
+    /// Sum of the waits (ns), for averages and Prometheus.
+    pub sum_ns: u64,
+}
+
+/// Quantiles of a histogram, each the upper bound of the bucket it falls in
+/// (so never below the true figure) but at most the longest wait, and the
+/// exact longest wait.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// Longest.
+    pub max: u64,
+}
+
+/// Upper bound of bucket `i` (ns).
+fn bucket_top(i: usize) -> u64 {
+    1u64.checked_shl(i as u32 + 1).unwrap_or(u64::MAX)
+}
+
+/// The smallest bucket top below which at least `q` of the wake-ups fall.
+fn quantile(buckets: &[u64], total: u64, q: f64) -> u64 {
+    let want = ((total as f64) * q).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (i, &n) in buckets.iter().enumerate() {
+        seen += n;
+        if seen >= want {
+            return bucket_top(i);
+        }
+    }
+    0
+}
+
+/// The figures of every named class (classes past the names are dropped).
+pub fn figures(names: &[String], l: &Latency) -> Vec<ClassFigures> {
+    names
+        .iter()
+        .zip(l.hist.iter())
+        .enumerate()
+        .map(|(c, (name, hist))| {
+            let wakeups = hist.iter().sum();
+            ClassFigures {
+                name: name.clone(),
+                wakeups,
+                preempted: l.preempted[c],
+                // A bucket's top may lie above the longest wait in it.
+                wakeup_latency_ns: Percentiles {
+                    p50: quantile(hist, wakeups, 0.50).min(l.max_ns[c]),
+                    p99: quantile(hist, wakeups, 0.99).min(l.max_ns[c]),
+                    max: l.max_ns[c],
+                },
+                buckets: hist.to_vec(),
+                sum_ns: l.sum_ns[c],
+            }
+        })
+        .collect()
+}
+
+/// One line per class, for `--stats` and `--monitor`.
+pub fn lines(classes: &[ClassFigures], out: &mut String) {
+    for c in classes {
+        let _ = write!(
+            out,
+            "\n  class {}: wakeups {}, wakeup latency p50 {} µs, p99 {} µs, max {} µs, preempted {}",
+            c.name,
+            c.wakeups,
+            c.wakeup_latency_ns.p50 / 1000,
+            c.wakeup_latency_ns.p99 / 1000,
+            c.wakeup_latency_ns.max / 1000,
+            c.preempted
+        );
+    }
+}
+
+/// `rthulhu_wakeup_latency_seconds`, a Prometheus histogram with a `class` label.
+pub fn prometheus(classes: &[ClassFigures], out: &mut String) {
+    if classes.is_empty() {
+        return;
+    }
+    out.push_str(
+        "# HELP rthulhu_wakeup_latency_seconds Time from runnable to running, per task class.\n",
+    );
+    out.push_str("# TYPE rthulhu_wakeup_latency_seconds histogram\n");
+    for c in classes {
+        let label = c.name.replace('\\', "\\\\").replace('"', "\\\"");
+        let mut cumulative = 0;
+        for (i, n) in c.buckets.iter().enumerate().take(LAT_BUCKETS - 1) {
+            cumulative += n;
+            let le = bucket_top(i) as f64 / 1e9;
+            let _ = writeln!(
+                out,
+                "rthulhu_wakeup_latency_seconds_bucket{{class=\"{label}\",le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "rthulhu_wakeup_latency_seconds_bucket{{class=\"{label}\",le=\"+Inf\"}} {}",
+            c.wakeups
+        );
+        let _ = writeln!(
+            out,
+            "rthulhu_wakeup_latency_seconds_sum{{class=\"{label}\"}} {}",
+            c.sum_ns as f64 / 1e9
+        );
+        let _ = writeln!(
+            out,
+            "rthulhu_wakeup_latency_seconds_count{{class=\"{label}\"}} {}",
+            c.wakeups
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn latency(class: usize, waits_ns: &[u64]) -> Latency {
+        let mut l = Latency::default();
+        for &w in waits_ns {
+            let b = (63 - w.max(1).leading_zeros() as usize).min(LAT_BUCKETS - 1);
+            l.hist[class][b] += 1;
+            l.sum_ns[class] += w;
+            l.max_ns[class] = l.max_ns[class].max(w);
+        }
+        l
+    }
+
+    #[test]
+    fn quantiles_are_the_tops_of_the_buckets_they_fall_in() {
+        // 98 waits of 1.5 µs (bucket [1024, 2048)), one of 5 ms, one of 40 ms.
+        let mut waits = vec![1500; 98];
+        waits.extend([5_000_000, 40_000_000]);
+        let f = figures(&["all".into()], &latency(0, &waits));
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].wakeups, 100);
+        assert_eq!(f[0].wakeup_latency_ns.p50, 2048);
+        // The 99th of 100 is the 5 ms wait: bucket [2^22, 2^23) ns.
+        assert_eq!(f[0].wakeup_latency_ns.p99, 1 << 23);
+        assert_eq!(f[0].wakeup_latency_ns.max, 40_000_000);
+        assert_eq!(f[0].sum_ns, 98 * 1500 + 45_000_000);
+        // A quantile never exceeds the longest wait.
+        let f = figures(&["all".into()], &latency(0, &[1500, 1500]));
+        assert_eq!(f[0].wakeup_latency_ns.p99, 1500);
+    }
+
+    #[test]
+    fn a_class_without_wakeups_reports_zeros_and_only_named_classes_show() {
+        let f = figures(&["a".into(), "b".into()], &latency(1, &[100]));
+        assert_eq!(f.len(), 2);
+        assert_eq!(f[0].wakeups, 0);
+        assert_eq!(f[0].wakeup_latency_ns, Percentiles::default());
+        assert_eq!(f[1].wakeups, 1);
+    }
+
+    #[test]
+    fn prometheus_buckets_are_cumulative_and_end_at_the_count() {
+        let f = figures(&["x\"y".into()], &latency(0, &[3, 3, 1000]));
+        let mut out = String::new();
+        prometheus(&f, &mut out);
+        assert!(out.contains("# TYPE rthulhu_wakeup_latency_seconds histogram"));
+        // 3 ns waits: bucket [2, 4), top 4 ns.
+        assert!(
+            out.contains("_bucket{class=\"x\\\"y\",le=\"0.000000004\"} 2\n"),
+            "{out}"
+        );
+        assert!(out.contains("_bucket{class=\"x\\\"y\",le=\"+Inf\"} 3\n"));
+        assert!(out.contains("_count{class=\"x\\\"y\"} 3\n"));
+        let mut last = 0;
+        for l in out.lines().filter(|l| l.contains("_bucket")) {
+            let v: u64 = l.rsplit(' ').next().unwrap().parse().unwrap();
+            assert!(v >= last, "{l}");
+            last = v;
+        }
+    }
+}
