@@ -473,8 +473,9 @@ static void enqueue_in_kernel(struct task_struct *p, u64 enq_flags)
 
 /*
  * The plugin's wake-up preemption rule, applied the moment the task wakes:
- * false leaves the task to the host. The guard against churn is the rule's
- * burst limit: a task whose last run was long (a hog) always asks the host.
+ * false leaves the task to the host. Guards against churn: the rule's burst
+ * limit (a task whose last run was long, a hog, always asks the host), and
+ * no preemption while more than two tasks per CPU wait.
  */
 static bool urgent_wakeup(struct task_struct *p, struct task_ctx *tctx, u64 enq_flags)
 {
@@ -485,6 +486,11 @@ static bool urgent_wakeup(struct task_struct *p, struct task_ctx *tctx, u64 enq_
 	    !(classes & (1ULL << tctx->class)))
 		return false;
 	if (tctx->stop_ts - tctx->start_ts > urgent_burst_ns)
+		return false;
+	/* With a backlog (hackbench-like loads: every task short) preempting
+	 * only churns, and the woken task would wait behind the others anyway. */
+	if (nr_held + scx_bpf_dsq_nr_queued(RTHULHU_SHARED_DSQ) >
+	    2 * (u64)scx_bpf_nr_cpu_ids())
 		return false;
 	cpu = preempt_target(p);
 	if (cpu < 0)
