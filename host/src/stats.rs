@@ -204,12 +204,17 @@ pub fn serve(
     std::thread::Builder::new()
         .name("rthulhu-stats".into())
         .spawn(move || {
+            // One buffer, touched once: the answer grows with its figures'
+            // digits, and fresh heap pages would show as page faults.
+            let mut body = vec![0u8; 1 << 16];
             for mut conn in listener.incoming().flatten() {
-                let body = serde_json::to_string(&*json.lock().unwrap_or_else(|e| e.into_inner()));
-                if let Ok(body) = body {
-                    let _ = conn
-                        .write_all(body.as_bytes())
-                        .and_then(|()| conn.write_all(b"\n"));
+                body.clear();
+                let snapshot = json.lock().unwrap_or_else(|e| e.into_inner());
+                let ok = serde_json::to_writer(&mut body, &*snapshot).is_ok();
+                drop(snapshot);
+                if ok {
+                    body.push(b'\n');
+                    let _ = conn.write_all(&body);
                 }
             }
         })?;
