@@ -32,6 +32,9 @@ start_host() {
 
 plugin_path() { echo "$bin/lib$1.so"; }
 
+# The running scheduler's last "NAME N" figure, read for 3 s through --monitor.
+monitor_last() { timeout 3 "$bin/host" --monitor --stats 0.5 2>&1 | grep -ao "$1 [0-9]*" | tail -1; }
+
 config() { # config NAME PLUGIN TABLE → path of a config file
   printf '[scheduler]\nplugin = "%s"\n[plugin]\n%s\n' "$(plugin_path "$2")" "$3" > "$work/$1.toml"
   echo "$work/$1.toml"
@@ -132,15 +135,15 @@ if [ "$shared" = yes ]; then
   start_host "$log" --config "$cfg"
   wait_state enabled 200
   sleep 2
-  before=$(timeout 3 "$bin/host" --monitor --stats 0.5 2>&1 | grep -ao 'strategies [0-9]*' | tail -1)
+  before=$(monitor_last strategies)
   printf "[[plugin.strategy]]\ncomm = '^hackbench'\npriority = 2\n" >> "$cfg"
   kill -HUP $host_pid
   sleep 2
-  after=$(timeout 3 "$bin/host" --monitor --stats 0.5 2>&1 | grep -ao 'strategies [0-9]*' | tail -1)
+  after=$(monitor_last strategies)
   echo 'this is [not toml' >> "$cfg"
   kill -HUP $host_pid
   sleep 2
-  kept=$(timeout 3 "$bin/host" --monitor --stats 0.5 2>&1 | grep -ao 'strategies [0-9]*' | tail -1)
+  kept=$(monitor_last strategies)
   if [ "$before" = "strategies 1" ] && [ "$after" = "strategies 2" ] && [ "$kept" = "strategies 2" ] &&
     grep -aq "keeping the old settings" "$log" && [ "$(state)" = enabled ]; then
     ok "SIGHUP reconfigures in place ($before -> $after); a broken config keeps the old settings"
@@ -302,17 +305,16 @@ if [ "$shared" = yes ]; then
   log=$logs/faults.log
   start_host "$log" --plugin "$(plugin_path simple)"
   wait_state enabled 200
-  faults() { timeout 3 "$bin/host" --monitor --stats 0.5 2>&1 | grep -ao 'faults [0-9]*' | tail -1; }
   timeout 120 hackbench -g 4 -l 100 > /dev/null 2>&1
   sleep 2
-  f1=$(faults)
+  f1=$(monitor_last faults)
   end=$((SECONDS + 20))
   rounds=0
   while [ $SECONDS -lt $end ]; do
     timeout 120 hackbench -g 4 -l 100 > /dev/null 2>&1 && rounds=$((rounds + 1))
   done
   sleep 2
-  f2=$(faults)
+  f2=$(monitor_last faults)
   if [ -n "$f1" ] && [ "$f1" = "$f2" ] && [ $rounds -gt 0 ] && [ "$(state)" = enabled ]; then
     ok "no page faults while scheduling: $f1 after the warm-up, $f2 after $rounds hackbench runs in 20 s"
   else
@@ -344,7 +346,7 @@ if [ "$shared" = yes ]; then
   while [ $n -lt 100 ] && [ "$(grep -ac 'asked for a restart' "$log")" -lt 2 ]; do sleep 0.1; n=$((n + 1)); done
   wait_state enabled 100
   sleep 2
-  strategies=$(timeout 3 "$bin/host" --monitor --stats 0.5 2>&1 | grep -ao 'strategies [0-9]*' | tail -1)
+  strategies=$(monitor_last strategies)
   restarts=$(grep -ac 'asked for a restart' "$log")
   wait $load
   load_rc=$?
