@@ -477,9 +477,18 @@ fn reloader(cli: &Cli, first: &Config) -> Result<Option<rthulhu::dispatcher::Rel
 /// Keeps every page resident so that no page fault can stall the loop:
 /// malloc never gives memory back to the kernel (so it never faults it in
 /// again) nor maps a block of its own per large allocation, the main
-/// thread's stack is touched deep enough for any round, and everything
-/// mapped now or later is locked in.
+/// thread's stack is touched deep enough for any round, everything mapped
+/// now or later is locked in, and no transparent huge page is made of it
+/// (khugepaged collapsing locked memory under the loop showed as a page
+/// fault in a VM run: `thp_collapse_alloc` went up by one with it).
 fn lock_memory() {
+    // SAFETY: prctl(PR_SET_THP_DISABLE) only sets a flag on this process.
+    if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0 {
+        tracing::warn!(
+            "disabling transparent huge pages failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
     // SAFETY: mallopt only changes malloc's tuning.
     unsafe {
         libc::mallopt(libc::M_TRIM_THRESHOLD, -1);

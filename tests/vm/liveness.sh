@@ -9,8 +9,10 @@
 # every 10 ms and records how late it woke) once per scheduler. A case passes
 # when the workload ends, the scheduler was not ejected and stayed attached,
 # and the probe's worst lateness stays within a bound set from EEVDF's figure
-# in this same run: 3 × EEVDF's + 300 ms (the floor absorbs emulation noise;
-# a frozen or starving CPU shows up as seconds).
+# in this same run: 3 × EEVDF's + a floor for emulation noise, 300 ms, or
+# 150 ms per vCPU above two vCPUs (8 vCPUs time-share the build machine's
+# cores: one CI run measured EEVDF's own herd worst at 39 ms in one 8-vCPU
+# boot and 429 ms in the next). A frozen or starving CPU shows up as seconds.
 set -u
 bin=$1
 IFS=, read -r -a cases <<<"$2"
@@ -24,6 +26,8 @@ logs=${RTHULHU_VM_OUT:-$(mktemp -d)}
 work=$(mktemp -d)
 cd "$work" || exit 1
 ncpu=$(nproc)
+floor_us=300000
+[ "$ncpu" -gt 2 ] && floor_us=$((150000 * ncpu))
 declare -A eevdf_late
 # shellcheck source=tests/vm/lib.sh
 . "$repo/tests/vm/lib.sh"
@@ -228,7 +232,7 @@ for s in "${scheds[@]}"; do
 			fail "$name [$s]" "no EEVDF reference in this run"
 			continue
 		fi
-		bound=$((3 * ref + 300000))
+		bound=$((3 * ref + floor_us))
 		figures="$figures; bound $((bound / 1000)) ms from EEVDF's $((ref / 1000)) ms, ejected $ejected"
 		if [ $case_rc -ne 0 ]; then
 			fail "$name [$s]" "workload did not end well ($figures): $(tail -3 "$log")"
