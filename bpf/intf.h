@@ -53,6 +53,13 @@ struct rthulhu_queued {
 	unsigned long long gen;
 };
 
+/* Record flag: the task woke from sleep since its previous record. Its
+ * wake-up may never have reached the host (wake-ups placed straight onto a
+ * CPU and preempting wake-ups do not), so without it a plugin would count
+ * the runs on both sides of a sleep as one burst. Bit 55: below the kernel's
+ * internal enqueue flags, unused by the public ones (cleared from them). */
+#define RTHULHU_ENQ_SLEPT (1ULL << 55)
+
 /* Dispatch flag: run now, preempting a running task if no CPU is idle. */
 #define RTHULHU_DSP_PREEMPT (1ULL << 63)
 /* Bits 48..55 of the dispatched flags: the task's class (see below). */

@@ -196,6 +196,7 @@ struct task_ctx {
 	u32 class;	/* the plugin's class for it (< RTHULHU_MAX_CLASSES) */
 	u64 runnable_at; /* when it became runnable, 0 once it ran */
 	u64 slice_at_start; /* its slice when it last started running */
+	u32 slept;	/* woke from sleep since its last record (RTHULHU_ENQ_SLEPT) */
 };
 
 struct {
@@ -495,8 +496,12 @@ static bool urgent_wakeup(struct task_struct *p, struct task_ctx *tctx, u64 enq_
 	cpu = preempt_target(p);
 	if (cpu < 0)
 		return false;
+	/* SCX_ENQ_PREEMPT zeroes the slice of what runs there and kicks the
+	 * CPU itself. No SCX_KICK_PREEMPT besides: it lands later, and if
+	 * this task runs by then, it preempts this task (a VM run counted
+	 * 40% of a matched probe's runs preempted so, each one a trip back
+	 * through the host behind the hogs). */
 	scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL_ON | cpu, slice_ns, enq_flags | SCX_ENQ_PREEMPT);
-	scx_bpf_kick_cpu(cpu, SCX_KICK_PREEMPT);
 	__sync_fetch_and_add(&nr_urgent_wakeups, 1);
 	return true;
 }
@@ -560,7 +565,8 @@ int rthulhu_enqueue(unsigned long long *ctx)
 	r->tgid = p->tgid;
 	r->cpu = scx_bpf_task_cpu(p);
 	r->nr_cpus_allowed = p->nr_cpus_allowed;
-	r->flags = enq_flags;
+	r->flags = (enq_flags & ~RTHULHU_ENQ_SLEPT) | (tctx->slept ? RTHULHU_ENQ_SLEPT : 0);
+	tctx->slept = 0;
 	r->start_ts = tctx->start_ts;
 	r->stop_ts = tctx->stop_ts;
 	r->exec_runtime = p->se.sum_exec_runtime;
@@ -647,8 +653,10 @@ static long dispatch_one(struct bpf_dynptr *dynptr, struct drain_ctx *dc)
 			scx_bpf_kick_cpu(scx_bpf_task_cpu(p), SCX_KICK_PREEMPT);
 	} else {
 		scx_bpf_task_set_dsq_vtime(p, d.vtime);
+		/* As for urgent wake-ups: SCX_ENQ_PREEMPT kicks the CPU itself. */
 		scx_bpf_dsq_insert(p, dsq, d.slice_ns, d.flags | (preempt ? SCX_ENQ_PREEMPT : 0));
-		scx_bpf_kick_cpu(cpu, preempt ? SCX_KICK_PREEMPT : SCX_KICK_IDLE);
+		if (!preempt)
+			scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
 	}
 	bpf_task_release(p);
 	__sync_fetch_and_add(&nr_user_dispatches, 1);
@@ -777,8 +785,11 @@ int rthulhu_runnable(unsigned long long *ctx)
 	struct task_ctx *tctx;
 
 	tctx = bpf_task_storage_get(&task_ctxs, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (tctx)
+	if (tctx) {
 		tctx->runnable_at = bpf_ktime_get_ns();
+		if (ctx[1] & SCX_ENQ_WAKEUP)
+			tctx->slept = 1;
+	}
 	return 0;
 }
 

@@ -4,6 +4,7 @@
 use plugin_api::{Counters, CpuTarget, DispatchedTask, QueuedTask};
 use serde::{Deserialize, Serialize};
 
+use crate::described::described;
 use crate::occupancy::Occupancy;
 
 /// Why the loop woke up.
@@ -175,33 +176,22 @@ pub trait Kernel {
     fn set_scheduled(&mut self, pending: u64);
 }
 
-/// What the kernel side did to keep every CPU busy without the host, and how
-/// often the host was late. In a healthy run `rescues` and `bypassed` stay 0.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Liveness {
-    /// Tasks out to the host, not yet decided on.
-    pub held: u64,
-    /// Tasks inserted on the host's word, not yet running.
-    pub inflight: u64,
-    /// Wake-ups placed straight onto an idle CPU.
-    pub direct_dispatches: u64,
-    /// Decisions dropped: the task was rescued, dequeued or queued again since.
-    pub stale_dispatches: u64,
-    /// Times the last task of a CPU kept running instead of a round trip.
-    pub keep_running: u64,
-    /// Tasks handed back from a CPU an RT/DL task took.
-    pub reenqueued: u64,
-    /// Times a CPU idled a whole heartbeat while the host held tasks.
-    pub rescues: u64,
-    /// Tasks moved to the fallback queue by those rescues.
-    pub rescued: u64,
-    /// Tasks queued in kernel order while the host was late.
-    pub bypassed: u64,
-    /// Idle CPUs the heartbeat woke because work was queued.
-    pub idle_kicks: u64,
-    /// Times the kernel side woke the host.
-    pub host_wakeups: u64,
-    /// Wake-ups that preempted at once by the plugin's rule, without the host.
-    #[serde(default)]
-    pub urgent_wakeups: u64,
+described! {
+    // In a healthy run `rescues` and `bypassed` stay 0.
+    #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+    pub struct Liveness: "What the kernel side did to keep every CPU busy without the host, and how often the host was late." {
+        held: u64 => "Tasks out to the host, not yet decided on.",
+        inflight: u64 => "Tasks inserted on the host's word, not yet running.",
+        direct_dispatches: u64 => "Wake-ups placed straight onto an idle CPU.",
+        stale_dispatches: u64 => "Decisions dropped: the task was rescued, dequeued or queued again since.",
+        keep_running: u64 => "Times the last task of a CPU kept running instead of a round trip.",
+        reenqueued: u64 => "Tasks handed back from a CPU an RT/DL task took.",
+        rescues: u64 => "Times a CPU idled a whole heartbeat while the host held tasks.",
+        rescued: u64 => "Tasks moved to the fallback queue by those rescues.",
+        bypassed: u64 => "Tasks queued in kernel order while the host was late.",
+        idle_kicks: u64 => "Idle CPUs the heartbeat woke because work was queued.",
+        host_wakeups: u64 => "Times the kernel side woke the host.",
+        #[serde(default)]
+        urgent_wakeups: u64 => "Wake-ups that preempted at once by the plugin's rule, without the host.",
+    }
 }

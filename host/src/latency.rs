@@ -6,37 +6,30 @@ use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
 
+use crate::described::described;
+
 use crate::kernel::{Latency, LAT_BUCKETS};
 
-/// One class's figures since attach.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct ClassFigures {
-    /// The plugin's name for the class.
-    pub name: String,
-    /// Wake-ups measured (a task becoming runnable, then running).
-    pub wakeups: u64,
-    /// Times a running task of this class was preempted before its slice ended.
-    pub preempted: u64,
-    /// How long tasks waited from runnable to running.
-    pub wakeup_latency_ns: Percentiles,
-    /// Wake-ups per log2 bucket: `buckets[i]` counts waits of
-    /// [2^i, 2^(i+1)) ns; the last bucket also every longer wait.
-    pub buckets: Vec<u64>,
-    /// Sum of the waits (ns), for averages and Prometheus.
-    pub sum_ns: u64,
+described! {
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+    pub struct ClassFigures: "One task class's wake-up figures since attach." {
+        name: String => "The plugin's name for the class.",
+        wakeups: u64 => "Wake-ups measured (a task becoming runnable, then running).",
+        preempted: u64 => "Times a running task of this class was preempted before its slice ended.",
+        wakeup_latency_ns: Percentiles => "How long tasks waited from runnable to running (ns).",
+        buckets: Vec<u64> => "Wake-ups per log2 bucket: buckets[i] counts waits of [2^i, 2^(i+1)) ns; the last bucket also every longer wait.",
+        sum_ns: u64 => "Sum of the waits (ns), for averages and Prometheus.",
+    }
 }
 
-/// Quantiles of a histogram, each the upper bound of the bucket it falls in
-/// (so never below the true figure) but at most the longest wait, and the
-/// exact longest wait.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Percentiles {
-    /// Median.
-    pub p50: u64,
-    /// 99th percentile.
-    pub p99: u64,
-    /// Longest.
-    pub max: u64,
+described! {
+    // Bucket tops are never below the true figure.
+    #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+    pub struct Percentiles: "Quantiles of a wait histogram: each the upper bound of the bucket it falls in, at most the longest wait." {
+        p50: u64 => "Median (ns).",
+        p99: u64 => "99th percentile (ns).",
+        max: u64 => "Longest wait, exact (ns).",
+    }
 }
 
 /// Upper bound of bucket `i` (ns).

@@ -4,7 +4,9 @@
 pub mod bpf;
 pub mod config;
 pub mod cpus;
+pub mod described;
 pub mod dispatcher;
+pub mod explain;
 pub mod input;
 pub mod kernel;
 pub mod latency;
@@ -15,3 +17,4 @@ pub mod round_watch;
 pub mod safety;
 pub mod sim;
 pub mod stats;
+pub mod stats_server;

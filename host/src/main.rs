@@ -1,6 +1,6 @@
 //! `host`: Rthulhu's scheduler binary.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -40,6 +40,12 @@ struct Cli {
     #[arg(long, value_name = "FILE", conflicts_with_all = ["config", "simulate"])]
     check_config: Option<PathBuf>,
 
+    /// Show which class (e.g. which strategy) the config's plugin would give
+    /// each thread running now, and the selector behind each class, without
+    /// attaching anything (no sched_ext needed); then exit.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["config", "simulate", "check_config"])]
+    explain: Option<PathBuf>,
+
     /// Run against the kernel simulator on this workload instead of the real kernel.
     #[arg(long, value_name = "WORKLOAD.toml")]
     simulate: Option<PathBuf>,
@@ -75,6 +81,11 @@ struct Cli {
     /// scheduler already running on this machine, read from --stats-socket.
     #[arg(long, conflicts_with_all = ["plugin", "config", "simulate", "check_config"])]
     monitor: bool,
+
+    /// Describe every field of the stats JSON (the --stats-socket answer,
+    /// also served to scx_stats clients as `stats_meta`), then exit.
+    #[arg(long, exclusive = true)]
+    help_stats: bool,
 
     /// Print one line of the scheduler's figures every SECS seconds (real
     /// kernel only; at most once a second).
@@ -150,6 +161,10 @@ fn run(mut cli: Cli) -> Result<ExitCode> {
             .into());
         }
     }
+    if cli.help_stats {
+        print!("{}", stats::help());
+        return Ok(ExitCode::SUCCESS);
+    }
     if cli.monitor {
         return monitor(&cli);
     }
@@ -163,8 +178,9 @@ fn run(mut cli: Cli) -> Result<ExitCode> {
         }
     }
     let checking = cli.check_config.take();
-    if checking.is_some() {
-        cli.config = checking.clone();
+    let explaining = cli.explain.take();
+    if checking.is_some() || explaining.is_some() {
+        cli.config = checking.clone().or(explaining.clone());
     }
     // Every input is read and checked before anything starts.
     let config = match &cli.config {
@@ -194,6 +210,9 @@ fn run(mut cli: Cli) -> Result<ExitCode> {
         )
     })?;
 
+    if explaining.is_some() {
+        return explain(scheduler);
+    }
     if let Some(path) = checking {
         println!(
             "{}: ok (plugin {} {} from {})",
@@ -244,6 +263,22 @@ fn run(mut cli: Cli) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `--explain`: the plugin's class for every thread running now.
+fn explain(mut scheduler: plugin_api::SchedulerBox) -> Result<ExitCode> {
+    let names = scheduler.classes().map_err(anyhow::Error::msg)?;
+    let selectors = scheduler.class_selectors().map_err(anyhow::Error::msg)?;
+    let root = Path::new("/sys/fs/cgroup");
+    let threads = rthulhu::explain::threads(Path::new("/proc"), root);
+    let classes = rthulhu::explain::classify(&mut scheduler, &threads, root)
+        .map_err(anyhow::Error::msg)
+        .context("asking the plugin")?;
+    print!(
+        "{}",
+        rthulhu::explain::report(&names, &selectors, &threads, &classes)
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Kernel-requested restarts (CPU hotplug) allowed within [`RESTART_WINDOW`]

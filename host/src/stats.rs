@@ -14,53 +14,40 @@ use std::time::Duration;
 use plugin_api::Counters;
 use serde::{Deserialize, Serialize};
 
+use crate::described::described;
+
 /// Default place of the stats socket.
 pub const DEFAULT_SOCKET: &str = "/run/rthulhu/stats.sock";
 
-/// Everything the endpoint serves.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Snapshot {
-    /// Policy name and version.
-    pub plugin: String,
-    /// Plugin crate version.
-    pub plugin_version: String,
-    /// Seconds since the scheduler attached.
-    pub uptime_s: f64,
-    /// Kernel-side counters (BPF).
-    pub kernel: KernelFigures,
-    /// The host loop's figures.
-    pub host: HostFigures,
-    /// How the kernel side kept every CPU busy without the host.
-    #[serde(default)]
-    pub liveness: crate::kernel::Liveness,
-    /// Counters the plugin publishes.
-    pub plugin_counters: BTreeMap<String, u64>,
-    /// Wake-up latency per task class, measured in the kernel.
-    #[serde(default)]
-    pub classes: Vec<crate::latency::ClassFigures>,
+described! {
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+    pub struct Snapshot: "Everything the stats endpoint serves." {
+        plugin: String => "Policy name and version.",
+        plugin_version: String => "Plugin crate version.",
+        uptime_s: f64 => "Seconds since the scheduler attached.",
+        kernel: KernelFigures => "Kernel-side counters (BPF).",
+        host: HostFigures => "The host loop's figures.",
+        #[serde(default)]
+        liveness: crate::kernel::Liveness => "How the kernel side kept every CPU busy without the host.",
+        plugin_counters: BTreeMap<String, u64> => "Counters the plugin publishes, by name.",
+        #[serde(default)]
+        classes: Vec<crate::latency::ClassFigures> => "Wake-up latency per task class, measured in the kernel.",
+    }
 }
 
-/// The BPF side's counters.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct KernelFigures {
-    /// Tasks queued for the host, not yet taken.
-    pub queued: u64,
-    /// Tasks the plugin holds.
-    pub scheduled: u64,
-    /// Tasks running (host threads excluded).
-    pub running: u64,
-    /// CPUs.
-    pub online_cpus: u64,
-    /// Dispatches decided by the plugin.
-    pub user_dispatches: u64,
-    /// Dispatches BPF did itself.
-    pub kernel_dispatches: u64,
-    /// Dispatches redirected (CPU not allowed).
-    pub bounced_dispatches: u64,
-    /// Dispatches of tasks that had gone.
-    pub failed_dispatches: u64,
-    /// Times the queue to the host was full.
-    pub congested: u64,
+described! {
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+    pub struct KernelFigures: "The BPF side's counters." {
+        queued: u64 => "Tasks queued for the host, not yet taken.",
+        scheduled: u64 => "Tasks the plugin holds.",
+        running: u64 => "Tasks running (host threads excluded).",
+        online_cpus: u64 => "CPUs online.",
+        user_dispatches: u64 => "Dispatches decided by the plugin.",
+        kernel_dispatches: u64 => "Dispatches BPF did itself.",
+        bounced_dispatches: u64 => "Dispatches redirected (CPU not allowed).",
+        failed_dispatches: u64 => "Dispatches of tasks that had gone.",
+        congested: u64 => "Times the queue to the host was full.",
+    }
 }
 
 impl From<Counters> for KernelFigures {
@@ -79,27 +66,21 @@ impl From<Counters> for KernelFigures {
     }
 }
 
-/// The host loop's figures.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct HostFigures {
-    /// Wake-ups handled.
-    pub rounds: u64,
-    /// Decisions (tasks dispatched through the plugin).
-    pub decisions: u64,
-    /// Decisions per second over the last interval.
-    pub decisions_per_sec: f64,
-    /// Tasks the plugin holds.
-    pub pending: u64,
-    /// Host CPU time spent scheduling, as a share of wall time, last interval.
-    pub busy_share: f64,
-    /// The plugin's decisions for tasks the kernel side had taken back (skipped).
-    #[serde(default)]
-    pub ghosts: u64,
-    /// Page faults (minor + major) of the host process since it attached:
-    /// a loop that faults stalls every task waiting on it. Memory is locked
-    /// and pools are sized up front, so this stays flat once warmed up.
-    #[serde(default)]
-    pub page_faults: u64,
+described! {
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+    pub struct HostFigures: "The host loop's figures." {
+        rounds: u64 => "Wake-ups handled.",
+        decisions: u64 => "Decisions (tasks dispatched through the plugin).",
+        decisions_per_sec: f64 => "Decisions per second over the last interval.",
+        pending: u64 => "Tasks the plugin holds.",
+        busy_share: f64 => "Host CPU time spent scheduling, as a share of wall time, last interval.",
+        #[serde(default)]
+        ghosts: u64 => "The plugin's decisions for tasks the kernel side had taken back (skipped).",
+        // A loop that faults stalls every task waiting on it; memory is
+        // locked and pools sized up front, so this stays flat once warm.
+        #[serde(default)]
+        page_faults: u64 => "Page faults (minor + major) of the host process since it attached.",
+    }
 }
 
 /// The shared snapshot the loop updates and the servers read.
@@ -201,23 +182,10 @@ pub fn serve(
     };
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
     let json = shared.clone();
+    let meta = serde_json::to_string(&meta()).map_err(std::io::Error::other)?;
     std::thread::Builder::new()
         .name("rthulhu-stats".into())
-        .spawn(move || {
-            // One buffer, touched once: the answer grows with its figures'
-            // digits, and fresh heap pages would show as page faults.
-            let mut body = vec![0u8; 1 << 16];
-            for mut conn in listener.incoming().flatten() {
-                body.clear();
-                let snapshot = json.lock().unwrap_or_else(|e| e.into_inner());
-                let ok = serde_json::to_writer(&mut body, &*snapshot).is_ok();
-                drop(snapshot);
-                if ok {
-                    body.push(b'\n');
-                    let _ = conn.write_all(&body);
-                }
-            }
-        })?;
+        .spawn(move || crate::stats_server::run(listener, json, meta))?;
     if let Some(tcp) = tcp {
         std::thread::Builder::new().name("rthulhu-metrics".into()).spawn(move || {
             for mut conn in tcp.incoming().flatten() {
@@ -236,6 +204,17 @@ pub fn serve(
         })?;
     }
     Ok(endpoint)
+}
+
+/// The description of every field the socket serves, in scx_stats'
+/// `stats_meta` shape, by struct name.
+pub fn meta() -> crate::described::Metas {
+    crate::described::metas::<Snapshot>("Snapshot")
+}
+
+/// `--help-stats`: every field of the snapshot, with its type and meaning.
+pub fn help() -> String {
+    crate::described::help(&meta(), "Snapshot")
 }
 
 /// Prometheus text exposition of a snapshot.
@@ -325,6 +304,8 @@ pub fn prometheus(s: &Snapshot) -> String {
 /// Reads one snapshot from a running host's socket.
 pub fn read(socket: &Path) -> std::io::Result<Snapshot> {
     let mut conn = UnixStream::connect(socket)?;
+    // Nothing to ask: the server answers with the snapshot at once.
+    conn.shutdown(std::net::Shutdown::Write)?;
     conn.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut text = String::new();
     conn.read_to_string(&mut text)?;

@@ -26,5 +26,5 @@ pub use scheduler::{
     WakeupPreemption,
 };
 pub use task::{
-    Counters, CpuTarget, DispatchedTask, QueuedTask, COMM_LEN, ENQ_WAKEUP, WEIGHT_NICE_0,
+    Counters, CpuTarget, DispatchedTask, QueuedTask, COMM_LEN, ENQ_SLEPT, ENQ_WAKEUP, WEIGHT_NICE_0,
 };

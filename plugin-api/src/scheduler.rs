@@ -129,6 +129,31 @@ pub trait CustomScheduler: Send + Sized + 'static {
         vec!["all".into()]
     }
 
+    /// How each class's tasks are chosen, in words, index for index with
+    /// [`classes`](Self::classes) (e.g. `comm =~ ^nginx, uid 1000`): what
+    /// `host --explain` prints next to each class. The default: nothing.
+    ///
+    /// ```
+    /// # use plugin_api::{CpuTarget, CustomScheduler, QueuedTask, Sched};
+    /// struct Pings;
+    /// impl CustomScheduler for Pings {
+    ///     const NAME: &'static str = "pings";
+    ///     fn new(_: &str) -> Result<Self, String> { Ok(Pings) }
+    ///     fn drain_queued_tasks(&mut self, _: &mut Sched<'_>) {}
+    ///     fn select_queued_task(&mut self, _: &mut Sched<'_>) -> Option<QueuedTask> { None }
+    ///     fn select_cpu(&mut self, _: &mut Sched<'_>, _: &QueuedTask) -> CpuTarget { CpuTarget::Any }
+    ///     fn pool_count(&self) -> u64 { 0 }
+    ///     fn classes(&self) -> Vec<String> { vec!["other".into(), "ping".into()] }
+    ///     fn class_selectors(&self) -> Vec<String> {
+    ///         vec!["everything else".into(), "comm starts with ping".into()]
+    ///     }
+    /// }
+    /// assert_eq!(Pings.class_selectors()[1], "comm starts with ping");
+    /// ```
+    fn class_selectors(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// The class of `task` (an index into [`classes`](Self::classes)), asked
     /// when the task is dispatched; the task keeps it until it is dispatched
     /// again. The default: 0.
@@ -290,6 +315,9 @@ pub struct SchedulerVTable {
     #[cfg(not(feature = "first-layout"))]
     #[sabi(missing_field(option))]
     wakeup_preemption: unsafe extern "C" fn(*mut ErasedScheduler) -> Call<WakeupPreemption>,
+    #[cfg(not(feature = "first-layout"))]
+    #[sabi(missing_field(option))]
+    class_selectors: unsafe extern "C" fn(*mut ErasedScheduler) -> Call<RVec<RString>>,
 }
 
 /// A counter a plugin publishes ([`CustomScheduler::counters`]).
@@ -363,6 +391,18 @@ impl SchedulerBox {
             return Ok(v.into_iter().map(RString::into_string).collect());
         }
         Ok(vec!["all".into()])
+    }
+
+    /// See [`CustomScheduler::class_selectors`]; empty for a plugin that
+    /// predates it.
+    pub fn class_selectors(&mut self) -> Result<Vec<String>, String> {
+        #[cfg(not(feature = "first-layout"))]
+        if let Some(f) = self.vtable.class_selectors() {
+            // SAFETY: as above.
+            let v = plain(unsafe { f(self.this) })?;
+            return Ok(v.into_iter().map(RString::into_string).collect());
+        }
+        Ok(Vec::new())
     }
 
     /// See [`CustomScheduler::wakeup_preemption`]; none for a plugin that
@@ -487,6 +527,8 @@ impl<T: CustomScheduler> VTableFor<T> {
         last_class: last_class::<T>,
         #[cfg(not(feature = "first-layout"))]
         wakeup_preemption: wakeup_preemption::<T>,
+        #[cfg(not(feature = "first-layout"))]
+        class_selectors: class_selectors::<T>,
     });
     const REF: SchedulerVTableRef = SchedulerVTableRef(Self::WM.static_as_prefix());
 }
@@ -551,6 +593,14 @@ unsafe extern "C" fn classes<T: CustomScheduler>(
 ) -> Call<RVec<RString>> {
     guarded::<T, _>(this, &Cell::new("classes"), |p| {
         p.classes().into_iter().map(RString::from).collect()
+    })
+}
+#[cfg(not(feature = "first-layout"))]
+unsafe extern "C" fn class_selectors<T: CustomScheduler>(
+    this: *mut ErasedScheduler,
+) -> Call<RVec<RString>> {
+    guarded::<T, _>(this, &Cell::new("class_selectors"), |p| {
+        p.class_selectors().into_iter().map(RString::from).collect()
     })
 }
 #[cfg(not(feature = "first-layout"))]

@@ -9,6 +9,13 @@ pub const COMM_LEN: usize = 16;
 /// to re-queued after its slice ran out (the kernel's `SCX_ENQ_WAKEUP`).
 pub const ENQ_WAKEUP: u64 = 1;
 
+/// [`QueuedTask::flags`] bit: the task woke from sleep since its previous
+/// record. Set with [`ENQ_WAKEUP`] on a wake-up's own record, and also on a
+/// later record when the wake-up never reached the plugin (the kernel side
+/// placed it straight onto a CPU, or let it preempt): a plugin that tracks
+/// bursts starts a new one then, instead of adding runs across a sleep.
+pub const ENQ_SLEPT: u64 = 1 << 55;
+
 /// Weight of a nice-0 task in sched_ext's scale (`p->scx.weight`, 1..=10000).
 pub const WEIGHT_NICE_0: u64 = 100;
 
@@ -83,6 +90,24 @@ impl QueuedTask {
         let ran = self.exec_runtime.saturating_sub(*last);
         *last = self.exec_runtime;
         ran
+    }
+
+    /// The part of `ran` (from [`ran_since`](Self::ran_since)) that belongs
+    /// to the task's current burst (CPU time since it last woke): all of it
+    /// when the plugin saw every run, but at most the last run when not. Runs
+    /// the plugin never saw (wake-ups placed straight onto a CPU, preempting
+    /// wake-ups decided in the kernel) had sleeps between them, so summing
+    /// them would make a task that sleeps often look like a hog.
+    ///
+    /// ```
+    /// use plugin_api::QueuedTask;
+    /// // 40 ms of CPU since the plugin's last record, but the last run was 100 µs.
+    /// let t = QueuedTask { start_ts: 1_000_000, stop_ts: 1_100_000, ..Default::default() };
+    /// assert_eq!(t.burst_part(40_000_000), 100_000);
+    /// assert_eq!(t.burst_part(50_000), 50_000);
+    /// ```
+    pub fn burst_part(&self, ran: u64) -> u64 {
+        ran.min(self.stop_ts.saturating_sub(self.start_ts))
     }
 
     /// Sets the command name, truncated to 15 bytes like the kernel does.

@@ -97,8 +97,7 @@ fn helper(root: &Path, answers: &Mutex<Answers>, questions: &Receiver<Question>)
                     std::thread::sleep(wait);
                 }
                 scanned = Some(Instant::now());
-                let mut found = HashMap::new();
-                scan(root, "/", &mut found);
+                let found = cgroup_paths(root);
                 lock().cgroups = found;
             }
             Question::Uid(tgid) => {
@@ -127,10 +126,18 @@ fn helper(root: &Path, answers: &Mutex<Answers>, questions: &Receiver<Question>)
     }
 }
 
-fn read_uid(tgid: i32) -> Option<u32> {
+/// Real uid of process `tgid`, from /proc.
+pub(crate) fn read_uid(tgid: i32) -> Option<u32> {
     let status = std::fs::read_to_string(format!("/proc/{tgid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("Uid:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Every cgroup under `root`: its id (inode) → its path from `root`.
+pub(crate) fn cgroup_paths(root: &Path) -> HashMap<u64, String> {
+    let mut out = HashMap::new();
+    scan(root, "/", &mut out);
+    out
 }
 
 fn scan(dir: &Path, rel: &str, out: &mut HashMap<u64, String>) {

@@ -1,6 +1,6 @@
 //! The real kernel: bpf/main.bpf.c loaded through libbpf-rs.
 
-mod lookups;
+pub(crate) mod lookups;
 pub mod preflight;
 
 mod skel {

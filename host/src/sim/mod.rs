@@ -17,7 +17,7 @@ pub mod workload;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
-use plugin_api::{Counters, CpuTarget, DispatchedTask, QueuedTask, ENQ_WAKEUP};
+use plugin_api::{Counters, CpuTarget, DispatchedTask, QueuedTask, ENQ_SLEPT, ENQ_WAKEUP};
 
 use crate::dispatcher::DISPATCH_PREEMPT;
 use crate::kernel::{ExitInfo, ExitKind, Kernel, KernelError, Wake};
@@ -67,6 +67,8 @@ struct Task {
     allowed: Option<Vec<u32>>,
     /// Forked and not yet queued: its first enqueue has no wake-up flag.
     forked: bool,
+    /// Woke since its last record (`ENQ_SLEPT`, as the BPF side sets it).
+    slept: bool,
     /// When it exits (a fork takes its place), if it has a lifetime.
     dies_at: Option<u64>,
     slice: u64,
@@ -248,6 +250,7 @@ impl Simulator {
                     work_left: 0,
                     runnable_since: 0,
                     woke_at: None,
+                    slept: false,
                     queued_on_dsq: false,
                     held_since: None,
                     allowed: g.cpus.clone(),
@@ -456,6 +459,7 @@ impl Simulator {
             work_left: 0,
             runnable_since: now,
             woke_at: None,
+            slept: false,
             queued_on_dsq: false,
             held_since: None,
             forked: true,
@@ -526,6 +530,7 @@ impl Simulator {
             Behaviour::Bursty { run_us, jitter, .. } => self.rng.around(run_us * 1000, jitter),
         };
         self.tasks[i].woke_at = Some(self.now);
+        self.tasks[i].slept = true;
         // The BPF select_cpu fast path: an idle CPU and nothing else waiting.
         let quiet =
             self.counters.nr_scheduled == 0 && self.shared.is_empty() && self.ring.is_empty();
@@ -565,7 +570,7 @@ impl Simulator {
                     ENQ_WAKEUP
                 } else {
                     0
-                },
+                } | if t.slept { ENQ_SLEPT } else { 0 },
                 start_ts: t.start_ts,
                 stop_ts: t.stop_ts,
                 exec_runtime: t.exec_runtime,
@@ -580,6 +585,7 @@ impl Simulator {
                 .as_ref()
                 .map_or(q.nr_cpus_allowed, |a| a.len() as u32);
             t.forked = false;
+            t.slept = false;
             t.held_since = Some(now);
             self.held += 1;
             self.ring.push_back(q);

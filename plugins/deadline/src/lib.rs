@@ -18,7 +18,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use plugin_api::{
-    CpuTarget, CustomScheduler, QueuedTask, Sched, WakeupPreemption, ENQ_WAKEUP, WEIGHT_NICE_0,
+    CpuTarget, CustomScheduler, QueuedTask, Sched, WakeupPreemption, ENQ_SLEPT, ENQ_WAKEUP,
+    WEIGHT_NICE_0,
 };
 use serde::Deserialize;
 
@@ -93,8 +94,14 @@ impl Deadline {
         // Every run since the last record, not only the last one.
         let ran = t.ran_since(&mut st.runtime);
         st.vruntime += Self::scaled(ran, t.weight);
-        st.burst += ran;
         st.seen = self.rounds;
+        if t.flags & (ENQ_WAKEUP | ENQ_SLEPT) == ENQ_SLEPT {
+            // It woke without us (straight onto a CPU): the burst we knew
+            // ended then, and a new one is the run since.
+            st.avg_burst = (st.avg_burst * 3 + st.burst) / 4;
+            st.burst = 0;
+        }
+        st.burst += t.burst_part(ran);
         if t.flags & ENQ_WAKEUP != 0 {
             st.avg_burst = (st.avg_burst * 3 + st.burst) / 4;
             st.burst = 0;
@@ -198,6 +205,17 @@ impl CustomScheduler for Deadline {
     /// enough to preempt (`preempt_burst_us`).
     fn classes(&self) -> Vec<String> {
         vec!["batch".into(), "interactive".into()]
+    }
+
+    /// The burst rule, as it stands now: a task's class follows its recent
+    /// runs, so `host --explain` (which sees no runs) puts every task in
+    /// `batch`.
+    fn class_selectors(&self) -> Vec<String> {
+        let us = self.cfg.preempt_burst_us.max(1);
+        vec![
+            format!("average recent burst over {us} µs (or not seen running yet)"),
+            format!("average recent burst at most {us} µs"),
+        ]
     }
 
     /// `interactive` tasks preempt at wake-up in the kernel when their last

@@ -62,6 +62,35 @@ pub struct Strategy {
     pub uid: Option<u32>,
 }
 
+impl Strategy {
+    /// Its selectors and what they give, in words, e.g.
+    /// `comm =~ ^nginx and uid 33 → priority 2, slice 1000 µs`.
+    pub fn describe(&self) -> String {
+        let list = |v: &[i32]| v.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
+        let mut sel = Vec::new();
+        if let Some(re) = &self.comm {
+            sel.push(format!("comm =~ {}", re.as_str()));
+        }
+        if !self.pids.is_empty() {
+            sel.push(format!("pid in {}", list(&self.pids)));
+        }
+        if !self.tgids.is_empty() {
+            sel.push(format!("tgid in {}", list(&self.tgids)));
+        }
+        if let Some(pre) = &self.cgroup_prefix {
+            sel.push(format!("cgroup under {pre}"));
+        }
+        if let Some(uid) = self.uid {
+            sel.push(format!("uid {uid}"));
+        }
+        let mut gives = format!("priority {}", self.priority);
+        if let Some(ns) = self.slice_ns {
+            gives.push_str(&format!(", slice {} µs", ns / 1000));
+        }
+        format!("{} → {gives}", sel.join(" and "))
+    }
+}
+
 /// The whole table.
 #[derive(Debug)]
 pub struct Settings {

@@ -31,11 +31,11 @@ mod config;
 use std::collections::{BTreeMap, HashMap};
 
 use plugin_api::{
-    CpuTarget, CustomScheduler, QueuedTask, Sched, WakeupPreemption, COMM_LEN, ENQ_WAKEUP,
-    WEIGHT_NICE_0,
+    CpuTarget, CustomScheduler, QueuedTask, Sched, WakeupPreemption, COMM_LEN, ENQ_SLEPT,
+    ENQ_WAKEUP, WEIGHT_NICE_0,
 };
 
-use config::Settings;
+use config::{Settings, Strategy};
 
 /// Who a thread is, for the match cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -239,8 +239,11 @@ impl CustomScheduler for StrategyPolicy {
             if t.flags & ENQ_WAKEUP != 0 {
                 st.burst = 0;
                 st.vruntime = st.vruntime.max(vtime_now.saturating_sub(credit));
+            } else if t.flags & ENQ_SLEPT != 0 {
+                // It woke without us (straight onto a CPU) and has run since.
+                st.burst = t.burst_part(ran);
             } else {
-                st.burst += ran;
+                st.burst += t.burst_part(ran);
             }
             let s = strategy.map(|i| &self.cfg.strategies[i]);
             // The guard: a matched task hogging the CPU is demoted until it sleeps.
@@ -297,6 +300,14 @@ impl CustomScheduler for StrategyPolicy {
     fn classes(&self) -> Vec<String> {
         std::iter::once("unmatched".to_string())
             .chain(self.cfg.strategies.iter().map(|s| s.name.clone()))
+            .collect()
+    }
+
+    /// Each strategy's selectors (all must match; the first strategy that
+    /// matches wins) and what its tasks get.
+    fn class_selectors(&self) -> Vec<String> {
+        std::iter::once("no strategy selects the task".to_string())
+            .chain(self.cfg.strategies.iter().map(Strategy::describe))
             .collect()
     }
 

@@ -112,8 +112,37 @@ fn a_prioritised_hog_loses_priority_and_waiters_are_not_starved() {
     let mut hog = task(1, 1, "yes", 1);
     hog.flags = 0;
     hog.exec_runtime = 2_000_000;
+    hog.stop_ts = 2_000_000;
     host.queue.extend([hog, task(2, 2, "other", 1)]);
     assert_eq!(run(&mut p, &mut host)[0].0, 2);
+    // It slept and woke straight onto a CPU (the plugin never saw that
+    // wake-up), then was preempted after 500 µs: a new burst, not 2.5 ms.
+    let mut woke = task(1, 1, "yes", 1);
+    woke.flags = plugin_api::ENQ_SLEPT;
+    woke.exec_runtime = 2_500_000;
+    (woke.start_ts, woke.stop_ts) = (5_000_000, 5_500_000);
+    host.queue.extend([woke, task(2, 2, "other", 1)]);
+    assert_eq!(run(&mut p, &mut host)[0].0, 1);
+    let mut hog = task(1, 1, "yes", 1);
+    hog.flags = 0;
+    hog.exec_runtime = 4_000_000;
+    (hog.start_ts, hog.stop_ts) = (6_000_000, 7_500_000);
+    host.queue.extend([hog, task(2, 2, "other", 1)]);
+    assert_eq!(
+        run(&mut p, &mut host)[0].0,
+        2,
+        "2 ms since it woke: demoted again"
+    );
+    // 2 ms more in many short runs between sleeps the plugin did not see
+    // (the last one 100 µs): a sleeper, not a hog, once it wakes again.
+    host.queue.push_back(task(1, 1, "yes", 1));
+    run(&mut p, &mut host);
+    let mut sleeper = task(1, 1, "yes", 1);
+    sleeper.flags = 0;
+    sleeper.exec_runtime = 6_000_000;
+    (sleeper.start_ts, sleeper.stop_ts) = (9_900_000, 10_000_000);
+    host.queue.extend([sleeper, task(2, 2, "other", 1)]);
+    assert_eq!(run(&mut p, &mut host)[0].0, 1);
     // Aging: a task waiting past max_wait_ms runs before a prioritised one.
     host.queue.push_back(task(9, 9, "other", 1));
     Sched::with(&mut host, |s| p.drain_queued_tasks(s));
