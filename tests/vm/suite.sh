@@ -252,32 +252,48 @@ if [ "$shared" = yes ]; then
 
   # Wake-up latency per class, measured in BPF, and the plugin's wake-up
   # preemption rule applied in BPF: a strategy with a priority targets the
-  # probe beside CPU hogs. Its class counts the probe's wake-ups, some of
-  # which preempted in the kernel without the host ("urgent"). The figures
-  # of both classes are printed; their order is not asserted (under TCG the
-  # tail is the emulator's: see the closing figures in docs/engine.md).
+  # probe beside CPU hogs, and a rival (the same program under another name)
+  # stays unmatched. The probe's class counts its wake-ups, some of which
+  # preempted in the kernel without the host ("urgent"), and its p99 is below
+  # the unmatched class's; --explain, run meanwhile, names both.
   log=$logs/classes.log
   cfg=$(config classes strategy "[[plugin.strategy]]
   name = 'probe'
   comm = '^probe$'
   priority = 5")
+  ln -sf "$bin/probe" "$work/rival"
   start_host "$log" --config "$cfg"
   wait_state enabled 200
   stress-ng --cpu 4 -t 8 > /dev/null 2>&1 &
   load=$!
-  "$bin/probe" 10 6 > "$work/probe.out"
-  wait $load
+  "$bin/probe" 10 6 > "$work/probe.out" &
+  probe=$!
+  "$work/rival" 10 6 > "$work/rival.out" &
+  rival=$!
+  sleep 1
+  "$bin/host" --explain "$cfg" > "$work/explain.out" 2>&1
+  explain_rc=$?
+  wait $probe $rival $load
   sleep 2
   mon=$(timeout 3 "$bin/host" --monitor --stats 0.5 2>&1)
   field() { sed -n "s/.*$1 \([0-9]*\).*/\1/p" | tail -1; }
   probe_line=$(echo "$mon" | grep -a "class probe:" | tail -1)
   other_line=$(echo "$mon" | grep -a "class unmatched:" | tail -1)
   pw=$(echo "$probe_line" | field wakeups)
+  p99=$(echo "$probe_line" | sed -n 's/.*p99 \([0-9]*\) µs.*/\1/p')
+  o99=$(echo "$other_line" | sed -n 's/.*p99 \([0-9]*\) µs.*/\1/p')
   urgent=$(echo "$mon" | grep -a " up " | field urgent)
-  if [ "${pw:-0}" -gt 100 ] && [ "${urgent:-0}" -gt 0 ] && echo "$other_line" | grep -q "wakeups [1-9]"; then
+  named() { awk -v pid="$1" -v class="$2" '$2 == pid && $4 == class { found = 1 } END { exit !found }' "$work/explain.out"; }
+  if [ "${pw:-0}" -gt 100 ] && [ "${urgent:-0}" -gt 0 ] && echo "$other_line" | grep -q "wakeups [1-9]" &&
+    [ -n "$p99" ] && [ -n "$o99" ] && [ "$p99" -lt "$o99" ]; then
     ok "per-class wake-up latency: ${probe_line# }; ${other_line# }; $urgent urgent wake-ups"
   else
-    fail "per-class wake-up latency" "urgent '$urgent'; probe: '$probe_line'; unmatched: '$other_line'"
+    fail "per-class wake-up latency" "urgent '$urgent'; probe p99 '$p99' µs vs unmatched '$o99' µs; probe: '$probe_line'; unmatched: '$other_line'"
+  fi
+  if [ $explain_rc -eq 0 ] && named $probe probe && named $rival unmatched; then
+    ok "--explain while attached: the probe (pid $probe) in class probe, its rival (pid $rival) unmatched"
+  else
+    fail "--explain" "exit $explain_rc, probe $probe, rival $rival: $(grep -aE "probe|rival|classes|matching" "$work/explain.out" | head -5)"
   fi
   kill -INT $host_pid
   wait $host_pid
