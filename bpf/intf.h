@@ -66,6 +66,10 @@ struct rthulhu_queued {
 #define RTHULHU_DSP_CLASS_SHIFT 48
 #define RTHULHU_DSP_CLASS_MASK (0xffULL << RTHULHU_DSP_CLASS_SHIFT)
 
+/* Cgroups whose wake-up latency is tracked at once (the host serves the
+ * top ones by p99). */
+#define RTHULHU_MAX_CGROUPS 64
+
 /* Wake-up latency per task class: classes told apart, and log2 buckets of
  * the wait (bucket i: [2^i, 2^(i+1)) ns; the last, every longer wait). */
 #define RTHULHU_MAX_CLASSES 16

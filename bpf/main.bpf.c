@@ -147,6 +147,21 @@ u64 lat_max_ns[RTHULHU_MAX_CLASSES];
 u64 nr_preempted[RTHULHU_MAX_CLASSES];
 
 /*
+ * The same histograms per cgroup, for at most RTHULHU_MAX_CGROUPS cgroups at
+ * once: a cgroup's slot is found by a short linear probe from a hash of its
+ * id and claimed with a compare-and-swap; a wake-up that finds no slot is
+ * counted in nr_cgroups_untracked. The host frees the slots of cgroups that
+ * stayed quiet (zeroes the counts, then the id). Tolerated race: a wake-up
+ * recorded while its slot is freed may be lost or counted for the next
+ * owner (these are statistics).
+ */
+#define CGROUP_PROBES 8
+u64 cg_ids[RTHULHU_MAX_CGROUPS];
+u64 cg_hist[RTHULHU_MAX_CGROUPS][RTHULHU_LAT_BUCKETS];
+u64 cg_max_ns[RTHULHU_MAX_CGROUPS];
+volatile u64 nr_cgroups_untracked;
+
+/*
  * The plugin's wake-up preemption rule (written by the host): a task of a
  * class whose bit is set in urgent_classes, waking after a last run of at
  * most urgent_burst_ns, preempts at once without asking the host.
@@ -778,6 +793,39 @@ static __always_inline void record_wakeup(u32 c, u64 wait)
 		lat_max_ns[c] = wait;
 }
 
+/* The slot of cgroup id (claimed if free), -1 when none is left. */
+static s32 cgroup_slot(u64 id)
+{
+	u32 h = (u32)((id * 0x9E3779B97F4A7C15ULL) >> 32), i, s;
+	u64 cur;
+
+	if (!id)
+		return -1;
+	for (i = 0; i < CGROUP_PROBES; i++) {
+		s = (h + i) % RTHULHU_MAX_CGROUPS;
+		cur = cg_ids[s];
+		if (!cur)
+			cur = __sync_val_compare_and_swap(&cg_ids[s], 0, id);
+		if (!cur || cur == id)
+			return s;
+	}
+	return -1;
+}
+
+/* One wake-up of a task of cgroup id that waited wait ns, bucket b. */
+static __always_inline void record_cgroup_wakeup(u64 id, u32 b, u64 wait)
+{
+	s32 s = cgroup_slot(id);
+
+	if (s < 0 || s >= RTHULHU_MAX_CGROUPS) {
+		__sync_fetch_and_add(&nr_cgroups_untracked, 1);
+		return;
+	}
+	__sync_fetch_and_add(&cg_hist[s][b], 1);
+	if (wait > cg_max_ns[s])
+		cg_max_ns[s] = wait;
+}
+
 SEC("struct_ops/rthulhu_runnable")
 int rthulhu_runnable(unsigned long long *ctx)
 {
@@ -803,8 +851,15 @@ int rthulhu_running(unsigned long long *ctx)
 	tctx = bpf_task_storage_get(&task_ctxs, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!tctx)
 		return 0;
-	if (tctx->runnable_at && now > tctx->runnable_at)
-		record_wakeup(tctx->class, now - tctx->runnable_at);
+	if (tctx->runnable_at && now > tctx->runnable_at) {
+		u64 wait = now - tctx->runnable_at;
+		u32 b = log2_u64(wait);
+
+		if (b >= RTHULHU_LAT_BUCKETS)
+			b = RTHULHU_LAT_BUCKETS - 1;
+		record_wakeup(tctx->class, wait);
+		record_cgroup_wakeup(task_cgroup_id(p), b, wait);
+	}
 	tctx->runnable_at = 0;
 	tctx->start_ts = now;
 	tctx->slice_at_start = p->scx.slice;

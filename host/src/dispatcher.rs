@@ -186,8 +186,10 @@ pub struct Tick<'a> {
     pub plugin_counters: Vec<(String, u64)>,
     /// The plugin's classes (at most [`MAX_CLASSES`]).
     pub classes: &'a [String],
-    /// Wake-up latency per class, from the kernel side.
+    /// Wake-up latency per class and per tracked cgroup, from the kernel side.
     pub latency: Latency,
+    /// The tracked cgroups' figures, highest p99 first.
+    pub cgroups: Vec<crate::cgroup_latency::CgroupFigures>,
 }
 
 /// Receives [`Tick`]s.
@@ -217,6 +219,7 @@ pub struct Dispatcher<P, K> {
     last_tick: Option<Instant>,
     /// The plugin's class names, asked at the start of the run.
     classes: Vec<String>,
+    idle_cgroups: crate::cgroup_latency::IdleSlots,
 }
 
 impl<P: Policy, K: Kernel> Dispatcher<P, K> {
@@ -233,6 +236,7 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
             pending: 0,
             last_tick: None,
             classes: Vec::new(),
+            idle_cgroups: Default::default(),
         }
     }
 
@@ -290,6 +294,14 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
 
     fn tick(&mut self) -> Result<(), LoopError> {
         let plugin_counters = self.policy.named_counters().map_err(LoopError::Plugin)?;
+        let latency = self.kernel.latency();
+        let idle = self.idle_cgroups.idle(&latency, Instant::now());
+        for (slot, _) in idle.iter().enumerate().filter(|(_, &idle)| idle) {
+            self.kernel.free_cgroup_slot(slot);
+        }
+        // Paths come from the lookup helper's answers (never waited for).
+        let kernel = &mut self.kernel;
+        let cgroups = crate::cgroup_latency::figures(&latency, |id| kernel.cgroup_path(id));
         if let Some(observe) = self.observer.as_mut() {
             observe(Tick {
                 stats: &self.stats,
@@ -298,7 +310,8 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
                 pending: self.pending,
                 plugin_counters,
                 classes: &self.classes,
-                latency: self.kernel.latency(),
+                latency,
+                cgroups,
             });
         }
         Ok(())

@@ -97,6 +97,9 @@ pub const MAX_CLASSES: usize = 16;
 /// Log2 buckets of a wake-up latency histogram (`RTHULHU_LAT_BUCKETS`):
 /// bucket i counts waits of [2^i, 2^(i+1)) ns, the last one every longer wait.
 pub const LAT_BUCKETS: usize = 40;
+/// Cgroups whose wake-up latency the kernel side tracks at once
+/// (`RTHULHU_MAX_CGROUPS`).
+pub const MAX_CGROUPS: usize = 64;
 
 /// Per class: how long tasks waited from becoming runnable to running
 /// (`ops.runnable` to `ops.running`), and how often a running task was
@@ -111,6 +114,14 @@ pub struct Latency {
     pub max_ns: [u64; MAX_CLASSES],
     /// Preemptions suffered.
     pub preempted: [u64; MAX_CLASSES],
+    /// The cgroup in each tracking slot (0: free).
+    pub cgroup_ids: [u64; MAX_CGROUPS],
+    /// Wake-ups per log2 bucket, per slot.
+    pub cgroup_hist: [[u64; LAT_BUCKETS]; MAX_CGROUPS],
+    /// Longest wait (ns), per slot.
+    pub cgroup_max_ns: [u64; MAX_CGROUPS],
+    /// Wake-ups of cgroups that found no free slot.
+    pub cgroups_untracked: u64,
 }
 
 impl Default for Latency {
@@ -120,6 +131,10 @@ impl Default for Latency {
             sum_ns: [0; MAX_CLASSES],
             max_ns: [0; MAX_CLASSES],
             preempted: [0; MAX_CLASSES],
+            cgroup_ids: [0; MAX_CGROUPS],
+            cgroup_hist: [[0; LAT_BUCKETS]; MAX_CGROUPS],
+            cgroup_max_ns: [0; MAX_CGROUPS],
+            cgroups_untracked: 0,
         }
     }
 }
@@ -163,6 +178,9 @@ pub trait Kernel {
     fn latency(&self) -> Latency {
         Latency::default()
     }
+    /// Frees cgroup tracking slot `slot` (see [`Latency::cgroup_ids`]) for
+    /// another cgroup.
+    fn free_cgroup_slot(&mut self, _slot: usize) {}
     /// Path of a cgroup by id, for plugins that select by cgroup.
     fn cgroup_path(&mut self, _cgroup_id: u64) -> Option<String> {
         None

@@ -40,13 +40,17 @@ fn bucket_top(i: usize) -> u64 {
 /// (as Prometheus' `histogram_quantile` does): the bucket alone would put
 /// every wait from 4.2 to 8.4 ms at 8.4 ms, and two classes could not be
 /// told apart.
-fn quantile(buckets: &[u64], total: u64, q: f64) -> u64 {
+pub(crate) fn quantile(buckets: &[u64], total: u64, q: f64) -> u64 {
     let want = ((total as f64) * q).ceil().max(1.0);
     let mut seen = 0.0;
     for (i, &n) in buckets.iter().enumerate() {
         let n = n as f64;
         if n > 0.0 && seen + n >= want {
-            let lo = if i == 0 { 0.0 } else { bucket_top(i - 1) as f64 };
+            let lo = if i == 0 {
+                0.0
+            } else {
+                bucket_top(i - 1) as f64
+            };
             let hi = bucket_top(i) as f64;
             return (lo + (hi - lo) * (want - seen) / n) as u64;
         }

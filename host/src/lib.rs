@@ -2,6 +2,7 @@
 //! kernel backend (the real sched_ext BPF program, or the simulator).
 
 pub mod bpf;
+pub mod cgroup_latency;
 pub mod config;
 pub mod cpus;
 pub mod described;

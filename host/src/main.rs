@@ -433,6 +433,8 @@ fn observer(shared: stats::Shared) -> rthulhu::dispatcher::Observer {
         };
         s.plugin_counters = t.plugin_counters.into_iter().collect();
         s.classes = rthulhu::latency::figures(t.classes, &t.latency);
+        s.cgroups = t.cgroups;
+        s.cgroups_untracked = t.latency.cgroups_untracked;
         last = (now, t.stats.decisions, t.stats.busy);
     })
 }

@@ -32,6 +32,10 @@ described! {
         plugin_counters: BTreeMap<String, u64> => "Counters the plugin publishes, by name.",
         #[serde(default)]
         classes: Vec<crate::latency::ClassFigures> => "Wake-up latency per task class, measured in the kernel.",
+        #[serde(default)]
+        cgroups: Vec<crate::cgroup_latency::CgroupFigures> => "Wake-up latency of the tracked cgroups, highest p99 first: at most 64 at once, a cgroup quiet for a minute gives its slot up.",
+        #[serde(default)]
+        cgroups_untracked: u64 => "Wake-ups of cgroups that found no tracking slot (more than 64 busy at once).",
     }
 }
 
@@ -298,6 +302,7 @@ pub fn prometheus(s: &Snapshot) -> String {
         ));
     }
     crate::latency::prometheus(&s.classes, &mut out);
+    crate::cgroup_latency::prometheus(&s.cgroups, &mut out);
     out
 }
 
@@ -349,6 +354,7 @@ pub fn line(s: &Snapshot) -> String {
         l.push_str(&format!(" | {name} {value}"));
     }
     crate::latency::lines(&s.classes, &mut l);
+    crate::cgroup_latency::lines(&s.cgroups, s.cgroups_untracked, &mut l);
     l
 }
 

@@ -252,30 +252,44 @@ if [ "$shared" = yes ]; then
 
   # Wake-up latency per class, measured in BPF, and the plugin's wake-up
   # preemption rule applied in BPF: a strategy with a priority targets the
-  # probe beside CPU hogs, and a rival (the same program under another name)
-  # stays unmatched. The probe's class counts its wake-ups, some of which
+  # probe beside CPU hogs, and three rivals (the same program under another
+  # name) stay unmatched. The probe's class counts its wake-ups, some of which
   # preempted in the kernel without the host ("urgent"), and its p99 is below
-  # the unmatched class's; --explain, run meanwhile, names both.
+  # the unmatched class's; --explain, run meanwhile, names both. The probe
+  # and the rivals run in cgroups of their own: the per-cgroup figures
+  # track both, the probe's p99 below the rivals'.
   log=$logs/classes.log
   cfg=$(config classes strategy "[[plugin.strategy]]
   name = 'probe'
   comm = '^probe$'
   priority = 5")
   ln -sf "$bin/probe" "$work/rival"
-  start_host "$log" --config "$cfg"
+  mkdir -p /sys/fs/cgroup/rthulhu-probe /sys/fs/cgroup/rthulhu-rival
+  start_host "$log" --config "$cfg" --metrics-addr 127.0.0.1:9465
   wait_state enabled 200
   stress-ng --cpu 4 -t 8 > /dev/null 2>&1 &
   load=$!
   "$bin/probe" 10 6 > "$work/probe.out" &
   probe=$!
-  "$work/rival" 10 6 > "$work/rival.out" &
-  rival=$!
+  echo $probe > /sys/fs/cgroup/rthulhu-probe/cgroup.procs
+  rivals=
+  for r in 1 2 3; do
+    "$work/rival" 10 6 > "$work/rival$r.out" &
+    rivals="$rivals $!"
+    echo $! > /sys/fs/cgroup/rthulhu-rival/cgroup.procs
+  done
+  rival=${rivals##* }
   sleep 1
   "$bin/host" --explain "$cfg" > "$work/explain.out" 2>&1
   explain_rc=$?
-  wait $probe $rival $load
+  wait $probe $rivals $load
   sleep 2
   mon=$(timeout 3 "$bin/host" --monitor --stats 0.5 2>&1)
+  metrics=$(exec 3<>/dev/tcp/127.0.0.1/9465 && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 && cat <&3)
+  cg_wakeups=$(echo "$metrics" | sed -n 's/^rthulhu_cgroup_wakeups_total{cgroup="\/rthulhu-probe"} \([0-9]*\)$/\1/p')
+  cg_p99() { echo "$metrics" | sed -n "s/^rthulhu_cgroup_wakeup_latency_p99_seconds{cgroup=\"\\/$1\"} \([0-9.e-]*\)$/\1/p"; }
+  probe_cg99=$(cg_p99 rthulhu-probe)
+  rival_cg99=$(cg_p99 rthulhu-rival)
   field() { sed -n "s/.*$1 \([0-9]*\).*/\1/p" | tail -1; }
   probe_line=$(echo "$mon" | grep -a "class probe:" | tail -1)
   other_line=$(echo "$mon" | grep -a "class unmatched:" | tail -1)
@@ -295,6 +309,13 @@ if [ "$shared" = yes ]; then
   else
     fail "--explain" "exit $explain_rc, probe $probe, rival $rival: $(grep -aE "probe|rival|classes|matching" "$work/explain.out" | head -5)"
   fi
+  if [ "${cg_wakeups:-0}" -gt 100 ] && [ -n "$probe_cg99" ] && [ -n "$rival_cg99" ] &&
+    awk -v a="$probe_cg99" -v b="$rival_cg99" 'BEGIN { exit !(a < b) }'; then
+    ok "per-cgroup wake-up latency: /rthulhu-probe $cg_wakeups wake-ups, p99 $probe_cg99 s; /rthulhu-rival p99 $rival_cg99 s"
+  else
+    fail "per-cgroup wake-up latency" "/rthulhu-probe wake-ups '$cg_wakeups', p99 '$probe_cg99' s vs /rthulhu-rival '$rival_cg99' s: $(echo "$metrics" | grep -a cgroup | head -6)"
+  fi
+  rmdir /sys/fs/cgroup/rthulhu-probe /sys/fs/cgroup/rthulhu-rival 2>/dev/null
   kill -INT $host_pid
   wait $host_pid
 

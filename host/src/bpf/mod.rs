@@ -28,7 +28,8 @@ use libbpf_rs::{Link, OpenObject, RingBuffer, RingBufferBuilder, UserRingBuffer}
 use plugin_api::{Counters, CpuTarget, DispatchedTask, QueuedTask};
 
 use crate::kernel::{
-    ExitInfo, ExitKind, Kernel, KernelError, Latency, Liveness, Wake, LAT_BUCKETS, MAX_CLASSES,
+    ExitInfo, ExitKind, Kernel, KernelError, Latency, Liveness, Wake, LAT_BUCKETS, MAX_CGROUPS,
+    MAX_CLASSES,
 };
 use crate::occupancy::Occupancy;
 use skel::{MainSkel, MainSkelBuilder};
@@ -461,8 +462,31 @@ impl Kernel for BpfKernel<'_> {
                 l.max_ns[c] = atomic_load(&b.lat_max_ns[c]);
                 l.preempted[c] = atomic_load(&b.nr_preempted[c]);
             }
+            let _: &[[u64; LAT_BUCKETS]; MAX_CGROUPS] = &b.cg_hist;
+            for s in 0..MAX_CGROUPS {
+                l.cgroup_ids[s] = atomic_load(&b.cg_ids[s]);
+                for (i, v) in b.cg_hist[s].iter().enumerate() {
+                    l.cgroup_hist[s][i] = atomic_load(v);
+                }
+                l.cgroup_max_ns[s] = atomic_load(&b.cg_max_ns[s]);
+            }
+            l.cgroups_untracked = atomic_load(&b.nr_cgroups_untracked);
         }
         l
+    }
+
+    fn free_cgroup_slot(&mut self, slot: usize) {
+        if let Some(b) = self.skel.maps.bss_data.as_deref_mut() {
+            if slot < MAX_CGROUPS {
+                // Counts first, then the id: a new owner starts from zero
+                // (see the tolerated race in main.bpf.c).
+                for v in b.cg_hist[slot].iter_mut() {
+                    atomic_store(v, 0);
+                }
+                atomic_store(&mut b.cg_max_ns[slot], 0);
+                atomic_store(&mut b.cg_ids[slot], 0);
+            }
+        }
     }
 
     fn cgroup_path(&mut self, cgroup_id: u64) -> Option<String> {
