@@ -240,6 +240,11 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
         }
     }
 
+    /// The plugin's class names, as asked at the start of the run.
+    pub fn class_names(&self) -> &[String] {
+        &self.classes
+    }
+
     /// Runs until the kernel side ends the run; returns how it ended.
     pub fn run(&mut self) -> Result<ExitInfo, LoopError> {
         self.read_classes()?;

@@ -94,3 +94,28 @@ fn churn_never_leaves_a_task_waiting_for_the_watchdog() {
         );
     }
 }
+
+#[test]
+fn the_simulator_reports_per_class_latency_as_the_stats_endpoint_does() {
+    let table = "[[plugin.strategy]]\nname = \"periodic\"\ncomm = '^periodic'\npriority = 3\n";
+    let r = run("strategy", table, "mixed");
+    let classes = r["classes"].as_array().unwrap();
+    let names: Vec<&str> = classes
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["unmatched", "periodic"], "{r}");
+    let (unmatched, periodic) = (&classes[0], &classes[1]);
+    // Every wake-up of the periodic group, and only those, in its class.
+    assert_eq!(periodic["wakeups"], group(&r, "periodic")["wakeups"], "{r}");
+    let buckets: u64 = periodic["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_u64().unwrap())
+        .sum();
+    assert_eq!(periodic["wakeups"].as_u64(), Some(buckets));
+    let p99 = |c: &Value| c["wakeup_latency_ns"]["p99"].as_u64().unwrap();
+    assert!(p99(periodic) < p99(unmatched), "{classes:?}");
+    assert!(unmatched["preempted"].as_u64().unwrap() > 0, "{classes:?}");
+}

@@ -19,8 +19,10 @@ use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use plugin_api::{Counters, CpuTarget, DispatchedTask, QueuedTask, ENQ_SLEPT, ENQ_WAKEUP};
 
-use crate::dispatcher::DISPATCH_PREEMPT;
-use crate::kernel::{ExitInfo, ExitKind, Kernel, KernelError, Wake};
+use crate::dispatcher::{DISPATCH_CLASS_SHIFT, DISPATCH_PREEMPT};
+use crate::kernel::{
+    ExitInfo, ExitKind, Kernel, KernelError, Latency, Wake, LAT_BUCKETS, MAX_CLASSES,
+};
 use crate::occupancy::Occupancy;
 use report::{GroupReport, Latencies};
 use rng::Rng;
@@ -69,6 +71,8 @@ struct Task {
     forked: bool,
     /// Woke since its last record (`ENQ_SLEPT`, as the BPF side sets it).
     slept: bool,
+    /// The class of its last decision (0 before any), as BPF keeps it.
+    class: usize,
     /// When it exits (a fork takes its place), if it has a lifetime.
     dies_at: Option<u64>,
     slice: u64,
@@ -158,6 +162,8 @@ pub struct Simulator {
     finished: bool,
     groups: Vec<GroupReport>,
     latencies: Vec<Latencies>,
+    /// Per class, as the BPF side measures it (runnable → running).
+    class_latency: Box<Latency>,
 }
 
 impl Simulator {
@@ -212,6 +218,7 @@ impl Simulator {
             finished: false,
             groups: Vec::new(),
             latencies: Vec::new(),
+            class_latency: Box::default(),
         };
         for (gi, g) in w.groups.iter().enumerate() {
             sim.groups
@@ -251,6 +258,7 @@ impl Simulator {
                     runnable_since: 0,
                     woke_at: None,
                     slept: false,
+                    class: 0,
                     queued_on_dsq: false,
                     held_since: None,
                     allowed: g.cpus.clone(),
@@ -460,6 +468,7 @@ impl Simulator {
             runnable_since: now,
             woke_at: None,
             slept: false,
+            class: 0,
             queued_on_dsq: false,
             held_since: None,
             forked: true,
@@ -694,6 +703,11 @@ impl Simulator {
         g.wait_max_ns = g.wait_max_ns.max(waited);
         if let Some(w) = t.woke_at.take() {
             self.latencies[t.group].push(now - w);
+            let l = &mut self.class_latency;
+            let b = (63 - (now - w).max(1).leading_zeros() as usize).min(LAT_BUCKETS - 1);
+            l.hist[t.class][b] += 1;
+            l.sum_ns[t.class] += now - w;
+            l.max_ns[t.class] = l.max_ns[t.class].max(now - w);
         }
         let run_for = t.work_left.min(t.slice.max(1));
         let c = &mut self.cpus[cpu as usize];
@@ -834,6 +848,7 @@ impl Kernel for Simulator {
         t.vtime = d.vtime;
         t.slice = d.slice_ns.max(1);
         t.queued_on_dsq = true;
+        t.class = ((d.flags >> DISPATCH_CLASS_SHIFT) & 0xff).min(MAX_CLASSES as u64 - 1) as usize;
         let prev = t.prev_cpu;
         let target = match d.cpu {
             CpuTarget::Cpu(c)
@@ -859,9 +874,16 @@ impl Kernel for Simulator {
         // running task goes back to the scheduler and the best queued task runs.
         if d.flags & DISPATCH_PREEMPT != 0 && self.tasks[i].state == State::Waiting {
             self.preemptions += 1;
+            if let Some(victim) = self.cpus[target as usize].current {
+                self.class_latency.preempted[self.tasks[victim].class] += 1;
+            }
             self.stop(target);
         }
         Ok(())
+    }
+
+    fn latency(&self) -> Latency {
+        *self.class_latency
     }
 
     /// As the BPF backend, which hears of every task it took back: a task
@@ -961,5 +983,6 @@ pub fn simulate<P: crate::dispatcher::Policy>(
             0.0
         },
         groups: d.kernel.report(),
+        classes: crate::latency::figures(d.class_names(), &d.kernel.latency()),
     })
 }

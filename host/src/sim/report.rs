@@ -109,6 +109,9 @@ pub struct SimReport {
     pub decisions_per_sec: f64,
     /// Per-group results.
     pub groups: Vec<GroupReport>,
+    /// Wake-up latency per plugin class, the figures the stats endpoint
+    /// serves on the real kernel (`classes`), so the two compare one to one.
+    pub classes: Vec<crate::latency::ClassFigures>,
 }
 
 impl fmt::Display for SimReport {
@@ -142,6 +145,18 @@ impl fmt::Display for SimReport {
                 g.wakeup_max_ns as f64 / 1e3,
                 g.cpu_share * 100.0,
                 g.runs
+            )?;
+        }
+        for c in &self.classes {
+            writeln!(
+                f,
+                "class {}: wakeups {}, p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs, preempted {}",
+                c.name,
+                c.wakeups,
+                c.wakeup_latency_ns.p50 as f64 / 1e3,
+                c.wakeup_latency_ns.p99 as f64 / 1e3,
+                c.wakeup_latency_ns.max as f64 / 1e3,
+                c.preempted
             )?;
         }
         if self.ejected {
