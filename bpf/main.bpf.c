@@ -300,16 +300,19 @@ static bool cpu_taken(s32 cpu)
 	return taken;
 }
 
-/* Whether a task may take cpu from whatever runs there now: not from an
- * RT/DL task, nor from the host (that would delay every decision). */
-static bool preemptible(s32 cpu)
+/* Whether p may take cpu from whatever runs there now: not from an RT/DL
+ * task, nor from the host (that would delay every decision), and, when
+ * keyed, only from a task the plugin ranked after p (a higher vtime: the key
+ * of its last decision; p's own may be older, which favours a sleeper). */
+static bool preemptible(s32 cpu, const struct task_struct *p, bool keyed)
 {
 	struct task_struct *curr;
 	bool ok;
 
 	bpf_rcu_read_lock();
 	curr = scx_bpf_cpu_curr(cpu);
-	ok = curr && curr->prio >= MAX_RT_PRIO && curr->tgid != usersched_tgid;
+	ok = curr && curr->prio >= MAX_RT_PRIO && curr->tgid != usersched_tgid &&
+	     (!keyed || (s64)(curr->scx.dsq_vtime - p->scx.dsq_vtime) > 0);
 	bpf_rcu_read_unlock();
 	return ok;
 }
@@ -321,9 +324,9 @@ static bool preemptible(s32 cpu)
 /*
  * Where an urgent task runs at once: an idle CPU it may use, its last CPU
  * first; else its last CPU or one of the next few it may use, if
- * preemptible. -1: none.
+ * preemptible (by key, when keyed). -1: none.
  */
-static s32 preempt_target(const struct task_struct *p)
+static s32 preempt_target(const struct task_struct *p, bool keyed)
 {
 	s32 prev = scx_bpf_task_cpu(p), cpu;
 	u32 nr = scx_bpf_nr_cpu_ids(), i;
@@ -335,7 +338,7 @@ static s32 preempt_target(const struct task_struct *p)
 		return cpu;
 	for (i = 0; i < PREEMPT_SCAN && i < nr; i++) {
 		cpu = (prev + i) % nr;
-		if (bpf_cpumask_test_cpu(cpu, p->cpus_ptr) && preemptible(cpu))
+		if (bpf_cpumask_test_cpu(cpu, p->cpus_ptr) && preemptible(cpu, p, keyed))
 			return cpu;
 	}
 	return -1;
@@ -490,8 +493,10 @@ static void enqueue_in_kernel(struct task_struct *p, u64 enq_flags)
 /*
  * The plugin's wake-up preemption rule, applied the moment the task wakes:
  * false leaves the task to the host. Guards against churn: the rule's burst
- * limit (a task whose last run was long, a hog, always asks the host), and
- * no preemption while more than two tasks per CPU wait.
+ * limit (a task whose last run was long, a hog, always asks the host); a
+ * sleep at least twice its last run (so no task gets more than a third of a
+ * CPU by preempting); no preemption while more than two tasks per CPU wait;
+ * and only a task the plugin ranked after it is preempted (by vtime).
  */
 static bool urgent_wakeup(struct task_struct *p, struct task_ctx *tctx, u64 enq_flags)
 {
@@ -503,12 +508,14 @@ static bool urgent_wakeup(struct task_struct *p, struct task_ctx *tctx, u64 enq_
 		return false;
 	if (tctx->stop_ts - tctx->start_ts > urgent_burst_ns)
 		return false;
+	if (bpf_ktime_get_ns() - tctx->stop_ts < 2 * (tctx->stop_ts - tctx->start_ts))
+		return false;
 	/* With a backlog (hackbench-like loads: every task short) preempting
 	 * only churns, and the woken task would wait behind the others anyway. */
 	if (nr_held + scx_bpf_dsq_nr_queued(RTHULHU_SHARED_DSQ) >
 	    2 * (u64)scx_bpf_nr_cpu_ids())
 		return false;
-	cpu = preempt_target(p);
+	cpu = preempt_target(p, true);
 	if (cpu < 0)
 		return false;
 	/* SCX_ENQ_PREEMPT zeroes the slice of what runs there and kicks the
@@ -646,8 +653,9 @@ static long dispatch_one(struct bpf_dynptr *dynptr, struct drain_ctx *dc)
 	cpu = d.cpu;
 	/* An urgent task goes straight to a CPU's local queue, preempting:
 	 * through the shared queue a kicked CPU might serve the fallback first. */
+	/* The plugin asked for it: no key to check. */
 	if (cpu < 0 && preempt)
-		cpu = preempt_target(p);
+		cpu = preempt_target(p, false);
 	if (cpu >= 0) {
 		/* Not there: the task may not run on it, or an RT/DL task holds it. */
 		if (bpf_cpumask_test_cpu(cpu, p->cpus_ptr) && !cpu_taken(cpu))

@@ -170,8 +170,7 @@ pub trait Kernel {
     fn liveness(&self) -> Liveness {
         Liveness::default()
     }
-    /// Applies the plugin's wake-up preemption rule (the simulator does not
-    /// model it: its tasks always go through the plugin).
+    /// Applies the plugin's wake-up preemption rule.
     fn set_wakeup_preemption(&mut self, _rule: plugin_api::WakeupPreemption) {}
     /// Wake-up latency per task class, as the kernel side measured it
     /// (empty where it measures none).

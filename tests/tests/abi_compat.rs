@@ -28,9 +28,20 @@ fn first_layout_plugins() -> PathBuf {
 
 fn simulate(plugin: &std::path::Path) -> serde_json::Value {
     let workload = repo().join("configs/workloads/mixed.toml");
+    let dir = std::env::temp_dir().join(format!("rthulhu-abi-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join(format!(
+        "{}.toml",
+        plugin.to_string_lossy().replace('/', "_")
+    ));
+    std::fs::write(
+        &config,
+        format!("[scheduler]\nplugin = {plugin:?}\n[plugin]\npreempt_burst_us = 0\n"),
+    )
+    .unwrap();
     let out = host(&[
-        "--plugin",
-        plugin.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
         "--simulate",
         workload.to_str().unwrap(),
         "--json",

@@ -35,6 +35,8 @@ const KERNEL_SLICE_NS: u64 = 5_000_000;
 /// The BPF side's heartbeat: it wakes the host while the host holds tasks,
 /// and rescues held tasks when a CPU has idled this long.
 const HEARTBEAT_NS: u64 = 10_000_000;
+/// CPUs past its last one an urgent task looks at (`PREEMPT_SCAN` in main.bpf.c).
+const PREEMPT_SCAN: u32 = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -164,6 +166,10 @@ pub struct Simulator {
     latencies: Vec<Latencies>,
     /// Per class, as the BPF side measures it (runnable → running).
     class_latency: Box<Latency>,
+    /// The plugin's wake-up preemption rule, applied as the BPF side does.
+    preemption: Option<plugin_api::WakeupPreemption>,
+    /// Wake-ups that preempted by that rule.
+    pub urgent_wakeups: u64,
 }
 
 impl Simulator {
@@ -219,6 +225,8 @@ impl Simulator {
             groups: Vec::new(),
             latencies: Vec::new(),
             class_latency: Box::default(),
+            preemption: None,
+            urgent_wakeups: 0,
         };
         for (gi, g) in w.groups.iter().enumerate() {
             sim.groups
@@ -558,6 +566,9 @@ impl Simulator {
                 return;
             }
         }
+        if self.urgent(i) {
+            return;
+        }
         self.enqueue(i);
     }
 
@@ -608,6 +619,55 @@ impl Simulator {
             self.push_shared(key, i);
             self.kick_idle_for(i);
         }
+    }
+
+    /// The BPF side's wake-up preemption (`urgent_wakeup` in main.bpf.c):
+    /// a task of a covered class whose last run was short and who slept at
+    /// least twice that long, without a backlog, runs at once on an idle CPU
+    /// or in place of a task with a later vtime; false leaves it to the host.
+    fn urgent(&mut self, i: usize) -> bool {
+        let Some(rule) = self.preemption else {
+            return false;
+        };
+        let t = &self.tasks[i];
+        let last_run = t.stop_ts.saturating_sub(t.start_ts);
+        if !rule.covers(t.class as u32)
+            || last_run > rule.max_burst_ns
+            || self.now.saturating_sub(t.stop_ts) < 2 * last_run
+            || self.held + self.shared.len() > 2 * self.cpus.len()
+        {
+            return false;
+        }
+        let (prev, vtime) = (t.prev_cpu, t.vtime);
+        let n = self.cpus.len() as u32;
+        let target = self.idle_cpu_for(i, prev).or_else(|| {
+            (0..n.min(PREEMPT_SCAN)).map(|k| (prev + k) % n).find(|&c| {
+                let cpu = &self.cpus[c as usize];
+                !cpu.rt_busy
+                    && self.can_run(i, c)
+                    && cpu.current.is_some_and(|cur| self.tasks[cur].vtime > vtime)
+            })
+        });
+        let Some(c) = target else {
+            return false;
+        };
+        self.urgent_wakeups += 1;
+        let t = &mut self.tasks[i];
+        t.state = State::Waiting;
+        t.runnable_since = self.now;
+        t.slice = KERNEL_SLICE_NS;
+        t.queued_on_dsq = true;
+        // At the head of the CPU's local queue: the preempted task goes
+        // back through the host, and this one runs next.
+        self.cpus[c as usize].local.push_front(i);
+        self.local_queued += 1;
+        if let Some(victim) = self.cpus[c as usize].current {
+            self.class_latency.preempted[self.tasks[victim].class] += 1;
+            self.stop(c);
+        } else {
+            self.next_on(c);
+        }
+        true
     }
 
     /// The running task on `cpu` stops: its burst ended or its slice expired.
@@ -886,6 +946,10 @@ impl Kernel for Simulator {
         *self.class_latency
     }
 
+    fn set_wakeup_preemption(&mut self, rule: plugin_api::WakeupPreemption) {
+        self.preemption = (rule.classes != 0).then_some(rule);
+    }
+
     /// As the BPF backend, which hears of every task it took back: a task
     /// no longer waiting for a decision (rescued, or decided already).
     fn is_ghost(&self, pid: i32) -> bool {
@@ -984,5 +1048,6 @@ pub fn simulate<P: crate::dispatcher::Policy>(
         },
         groups: d.kernel.report(),
         classes: crate::latency::figures(d.class_names(), &d.kernel.latency()),
+        urgent_wakeups: d.kernel.urgent_wakeups,
     })
 }

@@ -96,8 +96,11 @@ pub struct SimReport {
     pub bounced: u64,
     /// Dispatches refused (task not waiting).
     pub failed: u64,
-    /// Running tasks preempted for an urgent one.
+    /// Running tasks preempted for an urgent one the host dispatched.
     pub preemptions: u64,
+    /// Wake-ups that preempted by the plugin's rule, as the BPF side
+    /// applies it (without the host).
+    pub urgent_wakeups: u64,
     /// Times the queue to the host was full.
     pub congested: u64,
     /// Times a CPU idled a heartbeat while the host held tasks (the BPF

@@ -4,12 +4,20 @@
 //! charged with all the CPU time a task used since its last record; a task
 //! that slept gets at most one slice of credit, so sleepers run soon without
 //! starving others, and a task the plugin meets for the first time (a fork)
-//! starts at the pack's virtual time, never ahead of it. `mode = "fifo"` runs
-//! tasks in arrival order. Every task goes to whichever CPU frees up first.
+//! starts at the pack's virtual time, never ahead of it. In vtime mode a task
+//! whose last run lasted at most `preempt_burst_us` (1000; 0: never) takes a
+//! CPU from a task with a later vtime the moment it wakes, decided in the
+//! kernel (see `WakeupPreemption`; the kernel side also wants it to have
+//! slept twice its last run, so no task gains more than a third of a CPU so):
+//! a hog's slice no longer decides how long a woken task waits.
+//! `mode = "fifo"` runs tasks in arrival order, without preemption. Every
+//! task goes to whichever CPU frees up first.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use plugin_api::{CpuTarget, CustomScheduler, QueuedTask, Sched, ENQ_WAKEUP, WEIGHT_NICE_0};
+use plugin_api::{
+    CpuTarget, CustomScheduler, QueuedTask, Sched, WakeupPreemption, ENQ_WAKEUP, WEIGHT_NICE_0,
+};
 use serde::Deserialize;
 
 /// The `[plugin]` table.
@@ -20,6 +28,9 @@ struct Settings {
     mode: Mode,
     /// Slice for every task in µs; 0 lets the host decide.
     slice_us: u64,
+    /// Longest last run (µs) after which a waking task may preempt (vtime
+    /// mode); 0: never.
+    preempt_burst_us: u64,
 }
 
 impl Default for Settings {
@@ -27,6 +38,7 @@ impl Default for Settings {
         Settings {
             mode: Mode::Vtime,
             slice_us: 0,
+            preempt_burst_us: 1000,
         }
     }
 }
@@ -51,6 +63,7 @@ enum Pool {
 pub struct Simple {
     pool: Pool,
     slice_ns: u64,
+    preempt_burst_ns: u64,
     /// Smallest vtime handed out so far: the "now" of virtual time.
     min_vtime: u64,
     arrivals: u64,
@@ -102,7 +115,14 @@ impl CustomScheduler for Simple {
 
     fn new(config: &str) -> Result<Self, String> {
         let s: Settings = toml::from_str(config).map_err(|e| e.message().to_string())?;
+        if s.preempt_burst_us > 1_000_000 {
+            return Err(format!(
+                "preempt_burst_us {} is over a second",
+                s.preempt_burst_us
+            ));
+        }
         Ok(Simple {
+            preempt_burst_ns: s.preempt_burst_us * 1000,
             pool: match s.mode {
                 Mode::Vtime => Pool::Vtime(BTreeMap::new()),
                 Mode::Fifo => Pool::Fifo(VecDeque::with_capacity(1024)),
@@ -165,7 +185,17 @@ impl CustomScheduler for Simple {
             return Err("mode cannot change at run time; restart the host".into());
         }
         self.slice_ns = fresh.slice_ns;
+        self.preempt_burst_ns = fresh.preempt_burst_ns;
         Ok(())
+    }
+
+    /// Vtime mode: every task (class `all`) whose last run was short.
+    fn wakeup_preemption(&self) -> WakeupPreemption {
+        let on = matches!(self.pool, Pool::Vtime(_)) && self.preempt_burst_ns > 0;
+        WakeupPreemption {
+            classes: u64::from(on),
+            max_burst_ns: self.preempt_burst_ns,
+        }
     }
 }
 
