@@ -270,10 +270,9 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
             self.classes.push("all".into());
         }
         let mut rule = self.policy.wakeup_preemption().map_err(LoopError::Plugin)?;
-        // Only classes the loop tells the kernel about can be covered.
-        if self.classes.len() < 64 {
-            rule.classes &= (1u64 << self.classes.len()) - 1;
-        }
+        // Only classes the loop tells the kernel about (at most
+        // MAX_CLASSES, below 64) can be covered.
+        rule.classes &= (1u64 << self.classes.len()) - 1;
         self.kernel.set_wakeup_preemption(rule);
         Ok(())
     }

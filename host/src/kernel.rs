@@ -212,3 +212,6 @@ described! {
         urgent_wakeups: u64 => "Wake-ups that preempted at once by the plugin's rule, without the host.",
     }
 }
+
+// The class mask of a wake-up preemption rule is a u64 with room to spare.
+const _: () = assert!(MAX_CLASSES < 64);
