@@ -10,6 +10,7 @@
 
 #![warn(missing_docs)]
 
+mod aging;
 mod module;
 mod sched;
 mod scheduler;
@@ -19,6 +20,7 @@ pub mod testing;
 #[doc(hidden)]
 pub use abi_stable;
 
+pub use aging::AgingPool;
 pub use module::{make_module, PluginMod, PluginModRef};
 pub use sched::{HostCtx, HostServices, Sched};
 pub use scheduler::{

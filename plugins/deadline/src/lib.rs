@@ -15,11 +15,11 @@
 //! deadline), `preempt_burst_us` (1000: bursts at most this long may
 //! preempt; 0 disables preemption), `idle_pick` (true).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use plugin_api::{
-    CpuTarget, CustomScheduler, QueuedTask, Sched, WakeupPreemption, ENQ_SLEPT, ENQ_WAKEUP,
-    WEIGHT_NICE_0,
+    AgingPool, CpuTarget, CustomScheduler, QueuedTask, Sched, WakeupPreemption, ENQ_SLEPT,
+    ENQ_WAKEUP, WEIGHT_NICE_0,
 };
 use serde::Deserialize;
 
@@ -32,6 +32,7 @@ struct Settings {
     max_penalty_us: u64,
     preempt_burst_us: u64,
     idle_pick: bool,
+    max_wait_ms: u64,
 }
 
 impl Default for Settings {
@@ -43,6 +44,7 @@ impl Default for Settings {
             max_penalty_us: 20000,
             preempt_burst_us: 1000,
             idle_pick: true,
+            max_wait_ms: 100,
         }
     }
 }
@@ -64,12 +66,11 @@ struct TaskState {
 /// The deadline scheduler.
 pub struct Deadline {
     cfg: Settings,
-    /// Keyed by (deadline, arrival).
-    pool: BTreeMap<(u64, u64), QueuedTask>,
+    /// By deadline, aged at `max_wait_ms`.
+    pool: AgingPool,
     tasks: HashMap<i32, TaskState>,
     /// The pack's virtual time: the vruntime of the last task picked.
     vtime_now: u64,
-    arrivals: u64,
     rounds: u64,
     preemptions: u64,
 }
@@ -121,13 +122,14 @@ impl Deadline {
         }
     }
 
-    fn take(&mut self, key: (u64, u64)) -> QueuedTask {
-        let mut t = self.pool.remove(&key).expect("key from the pool");
-        if let Some(st) = self.tasks.get(&t.pid) {
+    /// Hands `t` (taken with deadline `deadline`) to the host; an aged task
+    /// (out of deadline order) does not move the pack's virtual time.
+    fn hand_over(&mut self, mut t: QueuedTask, deadline: u64, aged: bool) -> QueuedTask {
+        if let Some(st) = self.tasks.get(&t.pid).filter(|_| !aged) {
             self.vtime_now = self.vtime_now.max(st.vruntime);
         }
         // The kernel's shared queue is ordered by this: keep the deadline order.
-        t.vtime = key.0;
+        t.vtime = deadline;
         t
     }
 }
@@ -140,12 +142,14 @@ impl CustomScheduler for Deadline {
         if cfg.slice_min_us == 0 || cfg.slice_min_us > cfg.slice_max_us {
             return Err("need 0 < slice_min_us <= slice_max_us".into());
         }
+        if cfg.max_wait_ms > 3_600_000 {
+            return Err(format!("max_wait_ms {} is over an hour", cfg.max_wait_ms));
+        }
         Ok(Deadline {
+            pool: AgingPool::new(cfg.max_wait_ms * 1_000_000),
             cfg,
-            pool: BTreeMap::new(),
             tasks: HashMap::new(),
             vtime_now: 0,
-            arrivals: 0,
             rounds: 0,
             preemptions: 0,
         })
@@ -154,16 +158,16 @@ impl CustomScheduler for Deadline {
     fn drain_queued_tasks(&mut self, sched: &mut Sched<'_>) {
         self.rounds += 1;
         self.forget_old();
+        let now = sched.now_ns();
         while let Some(t) = sched.dequeue_task() {
             let deadline = self.account(&t);
-            self.arrivals += 1;
-            self.pool.insert((deadline, self.arrivals), t);
+            self.pool.insert(deadline, t, now);
         }
     }
 
-    fn select_queued_task(&mut self, _: &mut Sched<'_>) -> Option<QueuedTask> {
-        let key = *self.pool.first_key_value()?.0;
-        Some(self.take(key))
+    fn select_queued_task(&mut self, sched: &mut Sched<'_>) -> Option<QueuedTask> {
+        let (deadline, t, aged) = self.pool.pop(sched.now_ns())?;
+        Some(self.hand_over(t, deadline, aged))
     }
 
     fn select_preempting(&mut self, sched: &mut Sched<'_>) -> Option<QueuedTask> {
@@ -173,7 +177,7 @@ impl CustomScheduler for Deadline {
             return None;
         }
         let limit = self.cfg.preempt_burst_us * 1000;
-        let (&key, t) = self.pool.first_key_value()?;
+        let (_, t) = self.pool.first()?;
         let st = self.tasks.get(&t.pid)?;
         // Only short-burst tasks that just woke are worth a preemption.
         let urgent = limit > 0 && t.flags & ENQ_WAKEUP != 0 && st.avg_burst <= limit;
@@ -181,7 +185,8 @@ impl CustomScheduler for Deadline {
             return None;
         }
         self.preemptions += 1;
-        Some(self.take(key))
+        let (deadline, t) = self.pool.pop_first()?;
+        Some(self.hand_over(t, deadline, false))
     }
 
     fn select_cpu(&mut self, sched: &mut Sched<'_>, task: &QueuedTask) -> CpuTarget {

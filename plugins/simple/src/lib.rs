@@ -16,10 +16,11 @@
 //! `mode = "fifo"` runs tasks in arrival order, without preemption. Every
 //! task goes to whichever CPU frees up first.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use plugin_api::{
-    CpuTarget, CustomScheduler, QueuedTask, Sched, WakeupPreemption, ENQ_WAKEUP, WEIGHT_NICE_0,
+    AgingPool, CpuTarget, CustomScheduler, QueuedTask, Sched, WakeupPreemption, ENQ_WAKEUP,
+    WEIGHT_NICE_0,
 };
 use serde::Deserialize;
 
@@ -61,39 +62,9 @@ enum Mode {
 const DEFAULT_CREDIT_NS: u64 = 5_000_000;
 
 enum Pool {
-    Vtime(VtimePool),
+    /// By vtime, aged at `max_wait_ms`.
+    Vtime(AgingPool),
     Fifo(VecDeque<QueuedTask>),
-}
-
-/// Tasks by (vtime, arrival), so equal vtimes keep arrival order, and by
-/// arrival, to find the one that waited longest.
-#[derive(Default)]
-struct VtimePool {
-    by_key: BTreeMap<(u64, u64), QueuedTask>,
-    /// Arrival → (vtime, when it arrived in ns).
-    by_arrival: BTreeMap<u64, (u64, u64)>,
-}
-
-impl VtimePool {
-    fn insert(&mut self, t: QueuedTask, arrival: u64, now: u64) {
-        self.by_arrival.insert(arrival, (t.vtime, now));
-        self.by_key.insert((t.vtime, arrival), t);
-    }
-
-    /// The lowest vtime, unless the longest waiter has waited past
-    /// `max_wait` (ns, 0: never): then that one (`true`: aged).
-    fn pop(&mut self, now: u64, max_wait: u64) -> Option<(QueuedTask, bool)> {
-        let (&arrival, &(vtime, since)) = self.by_arrival.first_key_value()?;
-        let first = *self.by_key.first_key_value()?.0;
-        let aged = max_wait > 0 && now.saturating_sub(since) > max_wait && first.1 != arrival;
-        let key = if aged { (vtime, arrival) } else { first };
-        self.by_arrival.remove(&key.1);
-        self.by_key.remove(&key).map(|t| (t, aged))
-    }
-
-    fn len(&self) -> usize {
-        self.by_key.len()
-    }
 }
 
 /// The simple scheduler.
@@ -101,7 +72,6 @@ pub struct Simple {
     pool: Pool,
     slice_ns: u64,
     preempt_burst_ns: u64,
-    max_wait_ns: u64,
     /// Smallest vtime handed out so far: the "now" of virtual time.
     min_vtime: u64,
     arrivals: u64,
@@ -163,10 +133,9 @@ impl CustomScheduler for Simple {
             return Err(format!("max_wait_ms {} is over an hour", s.max_wait_ms));
         }
         Ok(Simple {
-            max_wait_ns: s.max_wait_ms * 1_000_000,
             preempt_burst_ns: s.preempt_burst_us * 1000,
             pool: match s.mode {
-                Mode::Vtime => Pool::Vtime(VtimePool::default()),
+                Mode::Vtime => Pool::Vtime(AgingPool::new(s.max_wait_ms * 1_000_000)),
                 Mode::Fifo => Pool::Fifo(VecDeque::with_capacity(1024)),
             },
             slice_ns: s.slice_us * 1000,
@@ -184,7 +153,7 @@ impl CustomScheduler for Simple {
                 self.charge(&mut t);
             }
             match &mut self.pool {
-                Pool::Vtime(m) => m.insert(t, self.arrivals, now),
+                Pool::Vtime(m) => m.insert(t.vtime, t, now),
                 Pool::Fifo(q) => {
                     // Arrival order is also the order in the kernel's queue.
                     t.vtime = self.arrivals;
@@ -197,7 +166,7 @@ impl CustomScheduler for Simple {
     fn select_queued_task(&mut self, sched: &mut Sched<'_>) -> Option<QueuedTask> {
         match &mut self.pool {
             Pool::Vtime(m) => {
-                let (t, aged) = m.pop(sched.now_ns(), self.max_wait_ns)?;
+                let (_, t, aged) = m.pop(sched.now_ns())?;
                 // An aged pick is out of vtime order: virtual time's "now"
                 // does not jump to it.
                 if !aged {
@@ -231,7 +200,9 @@ impl CustomScheduler for Simple {
         }
         self.slice_ns = fresh.slice_ns;
         self.preempt_burst_ns = fresh.preempt_burst_ns;
-        self.max_wait_ns = fresh.max_wait_ns;
+        if let (Pool::Vtime(m), Pool::Vtime(new)) = (&mut self.pool, &fresh.pool) {
+            m.set_max_wait(new.max_wait());
+        }
         Ok(())
     }
 
