@@ -786,15 +786,11 @@ static __always_inline u32 log2_u64(u64 v)
 	return r;
 }
 
-/* One wake-up of a task of class c that waited wait ns. */
-static __always_inline void record_wakeup(u32 c, u64 wait)
+/* One wake-up of a task of class c that waited wait ns, bucket b. */
+static __always_inline void record_wakeup(u32 c, u32 b, u64 wait)
 {
-	u32 b = log2_u64(wait);
-
-	if (c >= RTHULHU_MAX_CLASSES)
+	if (c >= RTHULHU_MAX_CLASSES || b >= RTHULHU_LAT_BUCKETS)
 		return;
-	if (b >= RTHULHU_LAT_BUCKETS)
-		b = RTHULHU_LAT_BUCKETS - 1;
 	__sync_fetch_and_add(&lat_hist[c][b], 1);
 	__sync_fetch_and_add(&lat_sum_ns[c], wait);
 	if (wait > lat_max_ns[c])
@@ -865,7 +861,7 @@ int rthulhu_running(unsigned long long *ctx)
 
 		if (b >= RTHULHU_LAT_BUCKETS)
 			b = RTHULHU_LAT_BUCKETS - 1;
-		record_wakeup(tctx->class, wait);
+		record_wakeup(tctx->class, b, wait);
 		record_cgroup_wakeup(task_cgroup_id(p), b, wait);
 	}
 	tctx->runnable_at = 0;

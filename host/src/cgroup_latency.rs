@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::described::described;
 use crate::kernel::{Latency, MAX_CGROUPS};
-use crate::latency::{quantile, Percentiles};
+use crate::latency::{label_value, Percentiles};
 
 /// A slot whose cgroup had no wake-up for this long is freed.
 pub const IDLE: Duration = Duration::from_secs(60);
@@ -39,11 +39,7 @@ pub fn figures(l: &Latency, mut path: impl FnMut(u64) -> Option<String>) -> Vec<
                 id: l.cgroup_ids[s],
                 path: path(l.cgroup_ids[s]).unwrap_or_default(),
                 wakeups,
-                wakeup_latency_ns: Percentiles {
-                    p50: quantile(hist, wakeups, 0.50).min(l.cgroup_max_ns[s]),
-                    p99: quantile(hist, wakeups, 0.99).min(l.cgroup_max_ns[s]),
-                    max: l.cgroup_max_ns[s],
-                },
+                wakeup_latency_ns: Percentiles::of(hist, l.cgroup_max_ns[s]),
             })
         })
         .collect();
@@ -51,6 +47,17 @@ pub fn figures(l: &Latency, mut path: impl FnMut(u64) -> Option<String>) -> Vec<
         (b.wakeup_latency_ns.p99, b.wakeups).cmp(&(a.wakeup_latency_ns.p99, a.wakeups))
     });
     out
+}
+
+impl CgroupFigures {
+    /// Its path, or `id N` while the path is not known.
+    pub fn display_name(&self) -> String {
+        if self.path.is_empty() {
+            format!("id {}", self.id)
+        } else {
+            self.path.clone()
+        }
+    }
 }
 
 /// Remembers when each slot's counts last moved.
@@ -91,14 +98,10 @@ impl IdleSlots {
 /// The top cgroups by p99, one line each, for `--stats` and `--monitor`.
 pub fn lines(cgroups: &[CgroupFigures], untracked: u64, out: &mut String) {
     for c in cgroups.iter().take(SHOWN) {
-        let name = if c.path.is_empty() {
-            format!("id {}", c.id)
-        } else {
-            c.path.clone()
-        };
         let _ = write!(
             out,
-            "\n  cgroup {name}: wakeups {}, wakeup latency p50 {} µs, p99 {} µs, max {} µs",
+            "\n  cgroup {}: wakeups {}, wakeup latency p50 {} µs, p99 {} µs, max {} µs",
+            c.display_name(),
             c.wakeups,
             c.wakeup_latency_ns.p50 / 1000,
             c.wakeup_latency_ns.p99 / 1000,
@@ -117,37 +120,32 @@ pub fn prometheus(cgroups: &[CgroupFigures], out: &mut String) {
     if cgroups.is_empty() {
         return;
     }
-    out.push_str("# HELP rthulhu_cgroup_wakeup_latency_p99_seconds 99th percentile of the time from runnable to running, per tracked cgroup.\n");
-    out.push_str("# TYPE rthulhu_cgroup_wakeup_latency_p99_seconds gauge\n");
-    for c in cgroups {
+    let mut series = |name: &str, kind: &str, help: &str, value: fn(&CgroupFigures) -> f64| {
         let _ = writeln!(
             out,
-            "rthulhu_cgroup_wakeup_latency_p99_seconds{{cgroup=\"{}\"}} {}",
-            label(c),
-            c.wakeup_latency_ns.p99 as f64 / 1e9
+            "# HELP rthulhu_{name} {help}\n# TYPE rthulhu_{name} {kind}"
         );
-    }
-    out.push_str("# HELP rthulhu_cgroup_wakeups_total Wake-ups measured, per tracked cgroup.\n");
-    out.push_str("# TYPE rthulhu_cgroup_wakeups_total counter\n");
-    for c in cgroups {
-        let _ = writeln!(
-            out,
-            "rthulhu_cgroup_wakeups_total{{cgroup=\"{}\"}} {}",
-            label(c),
-            c.wakeups
-        );
-    }
-}
-
-fn label(c: &CgroupFigures) -> String {
-    let name = if c.path.is_empty() {
-        format!("id {}", c.id)
-    } else {
-        c.path.clone()
+        for c in cgroups {
+            let _ = writeln!(
+                out,
+                "rthulhu_{name}{{cgroup=\"{}\"}} {}",
+                label_value(&c.display_name()),
+                value(c)
+            );
+        }
     };
-    name.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    series(
+        "cgroup_wakeup_latency_p99_seconds",
+        "gauge",
+        "99th percentile of the time from runnable to running, per tracked cgroup.",
+        |c| c.wakeup_latency_ns.p99 as f64 / 1e9,
+    );
+    series(
+        "cgroup_wakeups_total",
+        "counter",
+        "Wake-ups measured, per tracked cgroup.",
+        |c| c.wakeups as f64,
+    );
 }
 
 #[cfg(test)]
@@ -159,8 +157,7 @@ mod tests {
         for &(s, id, waits) in slots {
             l.cgroup_ids[s] = id;
             for &w in waits {
-                let b = 63 - w.leading_zeros() as usize;
-                l.cgroup_hist[s][b] += 1;
+                l.cgroup_hist[s][crate::latency::bucket_of(w)] += 1;
                 l.cgroup_max_ns[s] = l.cgroup_max_ns[s].max(w);
             }
         }

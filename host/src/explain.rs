@@ -14,7 +14,7 @@ use std::fmt::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use plugin_api::{Counters, CpuTarget, HostServices, QueuedTask, Sched, SchedulerBox, COMM_LEN};
+use plugin_api::{Counters, CpuTarget, HostServices, QueuedTask, Sched, SchedulerBox};
 
 use crate::bpf::lookups::{cgroup_paths, read_uid};
 
@@ -54,11 +54,7 @@ pub fn threads(proc: &Path, cgroup_root: &Path) -> Vec<Thread> {
 }
 
 fn thread(dir: &Path, pid: i32, tgid: i32, cgroup_root: &Path) -> Option<Thread> {
-    let comm_text = std::fs::read_to_string(dir.join("comm")).ok()?;
-    let mut comm = [0u8; COMM_LEN];
-    let bytes = comm_text.trim_end_matches('\n').as_bytes();
-    let n = bytes.len().min(COMM_LEN - 1);
-    comm[..n].copy_from_slice(&bytes[..n]);
+    let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
     // cgroup v2: the one line "0::/path".
     let cgroup = std::fs::read_to_string(dir.join("cgroup"))
         .ok()
@@ -74,20 +70,18 @@ fn thread(dir: &Path, pid: i32, tgid: i32, cgroup_root: &Path) -> Option<Thread>
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
         .unwrap_or(0);
-    Some(Thread {
-        task: QueuedTask {
-            pid,
-            tgid,
-            cpu: 0,
-            nr_cpus_allowed: 1,
-            weight: plugin_api::WEIGHT_NICE_0,
-            exec_runtime,
-            cgroup_id,
-            comm,
-            ..QueuedTask::default()
-        },
-        cgroup,
-    })
+    let mut task = QueuedTask {
+        pid,
+        tgid,
+        cpu: 0,
+        nr_cpus_allowed: 1,
+        weight: plugin_api::WEIGHT_NICE_0,
+        exec_runtime,
+        cgroup_id,
+        ..QueuedTask::default()
+    };
+    task.set_comm(comm.trim_end_matches('\n'));
+    Some(Thread { task, cgroup })
 }
 
 /// The host side of the plugin's questions, answered at once.

@@ -31,16 +31,41 @@ described! {
     }
 }
 
+impl Percentiles {
+    /// The quantiles of histogram `hist` whose longest wait is `max_ns`
+    /// (a place in a bucket may lie above the longest wait in it).
+    pub fn of(hist: &[u64], max_ns: u64) -> Self {
+        let total = hist.iter().sum();
+        Percentiles {
+            p50: quantile(hist, total, 0.50).min(max_ns),
+            p99: quantile(hist, total, 0.99).min(max_ns),
+            max: max_ns,
+        }
+    }
+}
+
 /// Upper bound of bucket `i` (ns).
 fn bucket_top(i: usize) -> u64 {
     1u64.checked_shl(i as u32 + 1).unwrap_or(u64::MAX)
+}
+
+/// The bucket a wait of `ns` falls in (`log2_u64` in main.bpf.c).
+pub fn bucket_of(ns: u64) -> usize {
+    (63 - ns.max(1).leading_zeros() as usize).min(LAT_BUCKETS - 1)
+}
+
+/// `s` as a Prometheus label value (backslash, quote and newline escaped).
+pub(crate) fn label_value(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The `q` quantile, placed linearly inside the log2 bucket it falls in
 /// (as Prometheus' `histogram_quantile` does): the bucket alone would put
 /// every wait from 4.2 to 8.4 ms at 8.4 ms, and two classes could not be
 /// told apart.
-pub(crate) fn quantile(buckets: &[u64], total: u64, q: f64) -> u64 {
+fn quantile(buckets: &[u64], total: u64, q: f64) -> u64 {
     let want = ((total as f64) * q).ceil().max(1.0);
     let mut seen = 0.0;
     for (i, &n) in buckets.iter().enumerate() {
@@ -71,12 +96,7 @@ pub fn figures(names: &[String], l: &Latency) -> Vec<ClassFigures> {
                 name: name.clone(),
                 wakeups,
                 preempted: l.preempted[c],
-                // A place in a bucket may lie above the longest wait in it.
-                wakeup_latency_ns: Percentiles {
-                    p50: quantile(hist, wakeups, 0.50).min(l.max_ns[c]),
-                    p99: quantile(hist, wakeups, 0.99).min(l.max_ns[c]),
-                    max: l.max_ns[c],
-                },
+                wakeup_latency_ns: Percentiles::of(hist, l.max_ns[c]),
                 buckets: hist.to_vec(),
                 sum_ns: l.sum_ns[c],
             }
@@ -110,7 +130,7 @@ pub fn prometheus(classes: &[ClassFigures], out: &mut String) {
     );
     out.push_str("# TYPE rthulhu_wakeup_latency_seconds histogram\n");
     for c in classes {
-        let label = c.name.replace('\\', "\\\\").replace('"', "\\\"");
+        let label = label_value(&c.name);
         let mut cumulative = 0;
         for (i, n) in c.buckets.iter().enumerate().take(LAT_BUCKETS - 1) {
             cumulative += n;
@@ -145,8 +165,7 @@ mod tests {
     fn latency(class: usize, waits_ns: &[u64]) -> Latency {
         let mut l = Latency::default();
         for &w in waits_ns {
-            let b = (63 - w.max(1).leading_zeros() as usize).min(LAT_BUCKETS - 1);
-            l.hist[class][b] += 1;
+            l.hist[class][bucket_of(w)] += 1;
             l.sum_ns[class] += w;
             l.max_ns[class] = l.max_ns[class].max(w);
         }

@@ -20,9 +20,7 @@ use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use plugin_api::{Counters, CpuTarget, DispatchedTask, QueuedTask, ENQ_SLEPT, ENQ_WAKEUP};
 
 use crate::dispatcher::{DISPATCH_CLASS_SHIFT, DISPATCH_PREEMPT};
-use crate::kernel::{
-    ExitInfo, ExitKind, Kernel, KernelError, Latency, Wake, LAT_BUCKETS, MAX_CLASSES,
-};
+use crate::kernel::{ExitInfo, ExitKind, Kernel, KernelError, Latency, Wake, MAX_CLASSES};
 use crate::occupancy::Occupancy;
 use report::{GroupReport, Latencies};
 use rng::Rng;
@@ -764,8 +762,7 @@ impl Simulator {
         if let Some(w) = t.woke_at.take() {
             self.latencies[t.group].push(now - w);
             let l = &mut self.class_latency;
-            let b = (63 - (now - w).max(1).leading_zeros() as usize).min(LAT_BUCKETS - 1);
-            l.hist[t.class][b] += 1;
+            l.hist[t.class][crate::latency::bucket_of(now - w)] += 1;
             l.sum_ns[t.class] += now - w;
             l.max_ns[t.class] = l.max_ns[t.class].max(now - w);
         }
