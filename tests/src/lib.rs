@@ -68,7 +68,12 @@ pub fn host(args: &[&str]) -> Output {
 pub fn simulate(name: &str, plugin_table: &str, workload: &Path) -> (Output, serde_json::Value) {
     let dir = std::env::temp_dir().join(format!("rthulhu-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join(format!("{name}-{:x}.toml", hash(plugin_table)));
+    // One file per call: tests run in parallel threads of one process, and
+    // two of them simulating the same plugin and table must not read each
+    // other's half-written file.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let config = dir.join(format!("{name}-{:x}-{call}.toml", hash(plugin_table)));
     std::fs::write(
         &config,
         format!(
