@@ -224,3 +224,61 @@ fn a_plugin_that_never_returns_is_ended_by_the_round_watchdog() {
         "took {took:?} for a 300 ms bound"
     );
 }
+
+#[test]
+fn messaging_reads_what_is_written_and_switches_cost_throughput() {
+    // hackbench's shape, small: 4 senders and 4 receivers on 2 CPUs.
+    let read = |name: &str, switch_us: u64, buffer: u32| {
+        let text = format!(
+            "cpus = 2\nduration_ms = 500\nswitch_us = {switch_us}\n[[group]]\nname = \"hb\"\n\
+             count = 8\nbehaviour = {{ kind = \"messaging\", runtime_us = 5, buffer = {buffer} }}\n"
+        );
+        let (out, r) = simulate("simple", "mode = \"vtime\"", &workload(name, &text));
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        assert_eq!(r["ejected"], false, "{name}: {r}");
+        group(&r, "hb")["runs"].as_u64().unwrap()
+    };
+    // A message costs 5 µs to write and 5 to read: 2 CPUs for 500 ms read
+    // at most 100000, and with nothing else to pay they come close.
+    let free = read("msg-free", 0, 64);
+    assert!((80_000..=100_000).contains(&free), "{free} messages read");
+    let switching = read("msg-switch", 20, 64);
+    assert!(
+        switching < free * 95 / 100,
+        "a 20 µs switch cost nothing: {switching} vs {free}"
+    );
+    // A one-message buffer makes every write wait for a read: more
+    // switches, so slower, but not stuck.
+    let tight = read("msg-tight", 20, 1);
+    assert!(tight > 1000 && tight < switching, "{tight} vs {switching}");
+}
+
+#[test]
+fn only_the_look_ahead_window_runs_tasks_out_of_the_plugins_order() {
+    let w = Workload::load(&repo().join("configs/workloads/priority.toml")).unwrap();
+    let run = |queue_ahead| {
+        let lib = Plugin::load(&plugin("simple")).expect("libsimple.so loads");
+        let policy = lib.construct("mode = \"vtime\"").unwrap();
+        let slices = SliceOpts {
+            queue_ahead,
+            ..SliceOpts::default()
+        };
+        let r = rthulhu::sim::simulate("simple", policy, &w, slices, true).unwrap();
+        assert!(!r.ejected, "{:?}", r.exit);
+        (r.inversions, r.decided_runs)
+    };
+    // Every choice waiting for a free CPU: the kernel follows the plugin.
+    let (none, runs) = run(0);
+    assert!(runs > 1000, "{runs} decided runs");
+    assert_eq!(
+        none, 0,
+        "{none} of {runs} runs out of order with no look-ahead"
+    );
+    // One task per CPU ahead: some runs go before a task the plugin would
+    // have picked, but few.
+    let (some, runs) = run(1);
+    assert!(
+        some > 0 && some * 5 < runs,
+        "{some} of {runs} runs out of order with a look-ahead of 1"
+    );
+}

@@ -63,6 +63,9 @@ struct Task {
     woke_at: Option<u64>,
     /// Set once a dispatch placed it on a queue, so a second one is refused.
     queued_on_dsq: bool,
+    /// Placed by a host decision that did not preempt (not by the kernel
+    /// side on its own): the runs the look-ahead window orders.
+    decided: bool,
     /// Since when the host holds it (its record was sent, no decision yet).
     held_since: Option<u64>,
     /// CPUs it may run on (None: all).
@@ -77,10 +80,26 @@ struct Task {
     dies_at: Option<u64>,
     slice: u64,
     partner: Option<usize>,
+    /// Its part in a messaging group.
+    msg: Option<Msg>,
     comm: [u8; 16],
     tgid: i32,
     cgroup_id: u64,
     uid: u32,
+}
+
+/// A messaging task's state (`Behaviour::Messaging`).
+#[derive(Debug, Clone, Copy)]
+struct Msg {
+    sender: bool,
+    /// The other side of its group: first task index and how many.
+    peers: (usize, usize),
+    /// A sender's next receiver (an offset into `peers`).
+    next: usize,
+    /// A receiver's unread messages.
+    inbox: u32,
+    /// One write or read is under way and not yet applied.
+    pending: bool,
 }
 
 #[derive(Debug, Default)]
@@ -88,6 +107,8 @@ struct Cpu {
     current: Option<usize>,
     local: VecDeque<usize>,
     started: u64,
+    /// The task it ran last: starting another costs a context switch.
+    last: Option<usize>,
     /// Bumped on every start, so a stale stop event is ignored.
     generation: u64,
     /// Since when it has had nothing to run.
@@ -136,6 +157,8 @@ pub struct Simulator {
     pub rescued: u64,
     /// Tasks the host holds.
     held: usize,
+    /// What a context switch costs (ns).
+    switch_cost: u64,
     /// The host's answer delay once woken (ns), and when the pending one is due.
     host_latency: u64,
     host_due: Option<u64>,
@@ -168,6 +191,15 @@ pub struct Simulator {
     preemption: Option<plugin_api::WakeupPreemption>,
     /// Wake-ups that preempted by that rule.
     pub urgent_wakeups: u64,
+    /// Runs of host decisions not yet known to be inversions, oldest first:
+    /// (start, key); kept while a task held since before them may still
+    /// turn out to rank ahead of them.
+    recent_runs: VecDeque<(u64, u64)>,
+    /// Runs that started from a host decision that did not preempt.
+    pub decided_runs: u64,
+    /// Of those, runs that started while the host held a task the plugin
+    /// then dispatched with an earlier key: the cost of the look-ahead window.
+    pub inversions: u64,
 }
 
 impl Simulator {
@@ -187,6 +219,7 @@ impl Simulator {
             rescues: 0,
             rescued: 0,
             held: 0,
+            switch_cost: w.switch_us * 1000,
             host_latency: w.host_latency_us * 1000,
             host_due: None,
             rt: w
@@ -225,6 +258,9 @@ impl Simulator {
             class_latency: Box::default(),
             preemption: None,
             urgent_wakeups: 0,
+            recent_runs: VecDeque::new(),
+            decided_runs: 0,
+            inversions: 0,
         };
         for (gi, g) in w.groups.iter().enumerate() {
             sim.groups
@@ -244,12 +280,21 @@ impl Simulator {
                 },
             };
             let leader = PID_BASE + sim.tasks.len() as i32;
+            let half = g.count as usize / 2;
             for k in 0..g.count as usize {
                 let idx = sim.tasks.len();
                 let partner = match g.behaviour {
                     Behaviour::PingPong { .. } => Some(if k % 2 == 0 { idx + 1 } else { idx - 1 }),
                     _ => None,
                 };
+                // Senders first, then receivers; each sees the other side.
+                let msg = matches!(g.behaviour, Behaviour::Messaging { .. }).then(|| Msg {
+                    sender: k < half,
+                    peers: (if k < half { idx - k + half } else { idx - k }, half),
+                    next: k % half,
+                    inbox: 0,
+                    pending: false,
+                });
                 sim.tasks.push(Task {
                     group: gi,
                     weight: g.weight(),
@@ -266,12 +311,14 @@ impl Simulator {
                     slept: false,
                     class: 0,
                     queued_on_dsq: false,
+                    decided: false,
                     held_since: None,
                     allowed: g.cpus.clone(),
                     forked: false,
                     dies_at: g.lifetime_us.map(|us| us * 1000),
                     slice: KERNEL_SLICE_NS,
                     partner,
+                    msg,
                     comm,
                     tgid: if g.threads {
                         leader
@@ -289,6 +336,10 @@ impl Simulator {
                         Some(sim.rng.next_u64() % (period_us * 1000))
                     }
                     Behaviour::PingPong { .. } => (k % 2 == 0).then_some(0),
+                    // Receivers wait for their first message.
+                    Behaviour::Messaging { runtime_us, .. } => {
+                        (k < half).then(|| sim.rng.next_u64() % (runtime_us * 1000))
+                    }
                     Behaviour::Bursty { sleep_us, .. } => {
                         Some(sim.rng.next_u64() % (sleep_us * 1000))
                     }
@@ -349,7 +400,7 @@ impl Simulator {
         match ev {
             Event::Wake(i) => self.wake(i),
             Event::Stop { cpu, generation } => {
-                if self.cpus[cpu as usize].generation == generation {
+                if self.cpus[cpu as usize].generation == generation && !self.keep_running(cpu) {
                     self.stop(cpu);
                 }
             }
@@ -390,7 +441,7 @@ impl Simulator {
         let mut handed: Vec<usize> = c.local.drain(..).collect();
         self.local_queued -= handed.len();
         if let Some(i) = c.current.take() {
-            let ran = self.now - c.started;
+            let ran = self.now.saturating_sub(c.started);
             self.counters.nr_running -= 1;
             let t = &mut self.tasks[i];
             t.exec_runtime += ran;
@@ -476,6 +527,7 @@ impl Simulator {
             slept: false,
             class: 0,
             queued_on_dsq: false,
+            decided: false,
             held_since: None,
             forked: true,
             dies_at: self.lifetimes[g].map(|l| now + l),
@@ -483,6 +535,7 @@ impl Simulator {
             allowed: self.tasks[i].allowed.clone(),
             comm: self.tasks[i].comm,
             partner: None,
+            msg: None,
             ..self.tasks[i]
         };
         self.tasks.push(child);
@@ -493,6 +546,12 @@ impl Simulator {
     /// the host holds tasks gets those that waited that long, in arrival order.
     fn heartbeat(&mut self) {
         let now = self.now;
+        // Runs older than every held task can no longer be inversions.
+        let oldest = self.tasks.iter().filter_map(|t| t.held_since).min();
+        let keep_from = oldest.unwrap_or(now);
+        while self.recent_runs.front().is_some_and(|r| r.0 < keep_from) {
+            self.recent_runs.pop_front();
+        }
         let late_idle = self
             .cpus
             .iter()
@@ -541,9 +600,14 @@ impl Simulator {
         self.tasks[i].work_left = match self.tasks[i].behaviour {
             Behaviour::CpuBound {} => u64::MAX,
             Behaviour::Periodic { runtime_us, .. } => runtime_us * 1000,
-            Behaviour::PingPong { runtime_us } => runtime_us * 1000,
+            Behaviour::PingPong { runtime_us } | Behaviour::Messaging { runtime_us, .. } => {
+                runtime_us * 1000
+            }
             Behaviour::Bursty { run_us, jitter, .. } => self.rng.around(run_us * 1000, jitter),
         };
+        if let Some(m) = &mut self.tasks[i].msg {
+            m.pending = true;
+        }
         self.tasks[i].woke_at = Some(self.now);
         self.tasks[i].slept = true;
         // The BPF select_cpu fast path: an idle CPU and nothing else waiting.
@@ -672,7 +736,7 @@ impl Simulator {
     fn stop(&mut self, cpu: u32) {
         let c = &mut self.cpus[cpu as usize];
         let Some(i) = c.current.take() else { return };
-        let ran = self.now - c.started;
+        let ran = self.now.saturating_sub(c.started);
         self.counters.nr_running -= 1;
         let t = &mut self.tasks[i];
         t.exec_runtime += ran;
@@ -684,6 +748,21 @@ impl Simulator {
         if t.dies_at.is_some_and(|d| self.now >= d) {
             self.groups[t.group].runs += 1;
             self.exit_and_fork(i);
+        } else if t.msg.is_some() {
+            // A message finished as it stopped: apply it; with more to do
+            // at once the task is queued again, else it sleeps.
+            let mut wakes = Vec::new();
+            if t.work_left == 0 && t.msg.is_some_and(|m| m.pending) {
+                wakes = self.message_done(i);
+            }
+            if self.tasks[i].work_left == 0 {
+                self.tasks[i].state = State::Sleeping;
+            } else {
+                self.enqueue(i);
+            }
+            for w in wakes {
+                self.wake(w);
+            }
         } else if t.work_left == 0 {
             self.groups[t.group].runs += 1;
             t.state = State::Sleeping;
@@ -701,13 +780,112 @@ impl Simulator {
                     }
                 }
                 // Periodic tasks already have their next release queued.
-                Behaviour::Periodic { .. } | Behaviour::CpuBound {} => {}
+                Behaviour::Periodic { .. }
+                | Behaviour::CpuBound {}
+                | Behaviour::Messaging { .. } => {}
             }
         } else {
             self.groups[t.group].runs += u64::from(matches!(t.behaviour, Behaviour::CpuBound {}));
             self.enqueue(i);
         }
         self.next_on(cpu);
+    }
+
+    /// A messaging task's write or read ended without its CPU stopping:
+    /// apply it, and keep running while there is more to do and slice left
+    /// (no context switch, as a real task writing message after message).
+    /// False leaves the stop to `stop`.
+    fn keep_running(&mut self, cpu: u32) -> bool {
+        let Some(i) = self.cpus[cpu as usize].current else {
+            return false;
+        };
+        let ran = self.now.saturating_sub(self.cpus[cpu as usize].started);
+        let t = &mut self.tasks[i];
+        if !t.msg.is_some_and(|m| m.pending) || ran < t.work_left {
+            return false;
+        }
+        t.exec_runtime += ran;
+        t.work_left = 0;
+        self.groups[t.group].runtime_ns += ran;
+        self.cpus[cpu as usize].started = self.now;
+        for w in self.message_done(i) {
+            // A wake-up may preempt this very CPU.
+            self.wake(w);
+        }
+        let c = &self.cpus[cpu as usize];
+        if c.current != Some(i) {
+            return true;
+        }
+        let t = &self.tasks[i];
+        let used = self.now - t.start_ts;
+        if t.work_left == 0 || used >= t.slice {
+            return false;
+        }
+        let next = self.now + t.work_left.min(t.slice - used);
+        let generation = c.generation;
+        self.push(next, Event::Stop { cpu, generation });
+        true
+    }
+
+    /// Applies task `i`'s finished write or read; sets up the next one when
+    /// it can start at once (`work_left` > 0). Returns who to wake: the
+    /// receiver written to, or a sender that waited for room.
+    fn message_done(&mut self, i: usize) -> Vec<usize> {
+        let Behaviour::Messaging { runtime_us, buffer } = self.tasks[i].behaviour else {
+            return Vec::new();
+        };
+        let Some(mut m) = self.tasks[i].msg else {
+            return Vec::new();
+        };
+        m.pending = false;
+        let (first, n) = m.peers;
+        let mut wakes = Vec::new();
+        let more = if m.sender {
+            let r = first + m.next;
+            if let Some(rm) = &mut self.tasks[r].msg {
+                rm.inbox += 1;
+            }
+            wakes.push(r);
+            m.next = (m.next + 1) % n;
+            self.tasks[first + m.next]
+                .msg
+                .is_some_and(|rm| rm.inbox < buffer)
+        } else {
+            let was_full = m.inbox >= buffer;
+            m.inbox = m.inbox.saturating_sub(1);
+            self.groups[self.tasks[i].group].runs += 1;
+            if was_full {
+                // Senders that found this queue full wait for it.
+                wakes.extend((first..first + n).filter(|&s| {
+                    self.tasks[s].state == State::Sleeping
+                        && self.tasks[s]
+                            .msg
+                            .is_some_and(|sm| sm.peers.0 + sm.next == i)
+                }));
+            }
+            m.inbox > 0
+        };
+        if more {
+            m.pending = true;
+            self.tasks[i].work_left = runtime_us * 1000;
+        }
+        self.tasks[i].msg = Some(m);
+        wakes
+    }
+
+    /// A task held since `held_since` was just decided with `key`: every
+    /// decided run that started meanwhile with a later key ran ahead of a
+    /// task the plugin ranks before it. Each such run counts once.
+    fn count_inversions(&mut self, held_since: u64, key: u64) {
+        let from = self.recent_runs.partition_point(|r| r.0 < held_since);
+        if from == self.recent_runs.len() {
+            return;
+        }
+        let since = self.recent_runs.split_off(from);
+        let n = since.len();
+        self.recent_runs
+            .extend(since.into_iter().filter(|&(_, k)| k <= key));
+        self.inversions += (n - (self.recent_runs.len() - from)) as u64;
     }
 
     /// `cpu` looks for work: its local queue, then the shared one.
@@ -754,6 +932,10 @@ impl Simulator {
         let t = &mut self.tasks[i];
         t.state = State::Running;
         t.queued_on_dsq = false;
+        if std::mem::take(&mut t.decided) {
+            self.decided_runs += 1;
+            self.recent_runs.push_back((now, t.vtime));
+        }
         t.prev_cpu = cpu;
         t.start_ts = now;
         let waited = now - t.runnable_since;
@@ -768,13 +950,21 @@ impl Simulator {
         }
         let run_for = t.work_left.min(t.slice.max(1));
         let c = &mut self.cpus[cpu as usize];
+        // Another task than the last one here: the switch costs CPU time
+        // before it makes progress (it still counts against its slice).
+        let switch = if c.last == Some(i) {
+            0
+        } else {
+            self.switch_cost
+        };
+        c.last = Some(i);
         c.current = Some(i);
         c.idle_since = None;
-        c.started = now;
+        c.started = now + switch;
         c.generation += 1;
         let generation = c.generation;
         self.counters.nr_running += 1;
-        self.push(now + run_for, Event::Stop { cpu, generation });
+        self.push(now + switch + run_for, Event::Stop { cpu, generation });
     }
 
     fn push_shared(&mut self, vtime: u64, i: usize) {
@@ -831,7 +1021,7 @@ impl Simulator {
         for c in 0..self.cpus.len() {
             if let Some(i) = self.cpus[c].current {
                 let g = self.tasks[i].group;
-                self.groups[g].runtime_ns += self.now - self.cpus[c].started;
+                self.groups[g].runtime_ns += self.now.saturating_sub(self.cpus[c].started);
             }
         }
         self.finished = true;
@@ -901,12 +1091,19 @@ impl Kernel for Simulator {
         };
         self.counters.nr_user_dispatches += 1;
         let t = &mut self.tasks[i];
-        self.held -= usize::from(t.held_since.take().is_some());
+        let held_since = t.held_since.take();
+        self.held -= usize::from(held_since.is_some());
+        // A preempting decision jumps the queue by the plugin's own choice:
+        // outside the window, so not counted for or against it.
+        t.decided = d.flags & DISPATCH_PREEMPT == 0;
         t.vtime = d.vtime;
         t.slice = d.slice_ns.max(1);
         t.queued_on_dsq = true;
         t.class = ((d.flags >> DISPATCH_CLASS_SHIFT) & 0xff).min(MAX_CLASSES as u64 - 1) as usize;
         let prev = t.prev_cpu;
+        if let Some(h) = held_since {
+            self.count_inversions(h, d.vtime);
+        }
         let target = match d.cpu {
             CpuTarget::Cpu(c)
                 if (c as usize) < self.cpus.len()
@@ -1046,5 +1243,7 @@ pub fn simulate<P: crate::dispatcher::Policy>(
         groups: d.kernel.report(),
         classes: crate::latency::figures(d.class_names(), &d.kernel.latency()),
         urgent_wakeups: d.kernel.urgent_wakeups,
+        decided_runs: d.kernel.decided_runs,
+        inversions: d.kernel.inversions,
     })
 }

@@ -101,6 +101,14 @@ pub struct SimReport {
     /// Wake-ups that preempted by the plugin's rule, as the BPF side
     /// applies it (without the host).
     pub urgent_wakeups: u64,
+    /// Runs that started from a host decision that did not preempt (the
+    /// look-ahead window's domain; direct, urgent, rescued and preempting
+    /// starts are outside it).
+    pub decided_runs: u64,
+    /// Of those, runs that started while the host held a task the plugin
+    /// then ranked ahead of them (dispatched with an earlier key): how often
+    /// the window made the kernel run a task the plugin ranked lower.
+    pub inversions: u64,
     /// Times the queue to the host was full.
     pub congested: u64,
     /// Times a CPU idled a heartbeat while the host held tasks (the BPF
@@ -150,6 +158,13 @@ impl fmt::Display for SimReport {
                 g.runs
             )?;
         }
+        writeln!(
+            f,
+            "look-ahead: {} of {} decided runs ({:.2}%) started while the plugin held a task it then ranked ahead",
+            self.inversions,
+            self.decided_runs,
+            self.inversions as f64 * 100.0 / self.decided_runs.max(1) as f64
+        )?;
         for c in &self.classes {
             writeln!(
                 f,

@@ -39,6 +39,12 @@ pub struct Workload {
     /// feed wait meanwhile, as on the real path (default 0).
     #[serde(default)]
     pub host_latency_us: u64,
+    /// CPU time a context switch costs (µs): a CPU that starts a task other
+    /// than the one it ran last spends this long before the task makes
+    /// progress (default 0). It is what makes short slices and preemption
+    /// cost throughput, as on a real machine.
+    #[serde(default)]
+    pub switch_us: u64,
     /// RT tasks that take a CPU away from the scheduler now and then.
     #[serde(default)]
     pub rt: Vec<RtLoad>,
@@ -122,6 +128,20 @@ pub enum Behaviour {
         /// Work per message (µs).
         runtime_us: u64,
     },
+    /// hackbench's shape: the first half of the group sends, the second half
+    /// receives. Each sender writes one message to each receiver in turn,
+    /// each receiver reads what it is sent; a message costs `runtime_us` to
+    /// write and again to read. A receiver's queue holds `buffer` messages:
+    /// a sender that finds the next one full sleeps until that receiver
+    /// reads, a receiver with nothing to read sleeps until a message comes.
+    /// A task keeps its CPU from message to message while its slice lasts.
+    /// The group's `runs` count messages read.
+    Messaging {
+        /// Work per message written, and per message read (µs).
+        runtime_us: u64,
+        /// Messages a receiver's queue holds.
+        buffer: u32,
+    },
     /// Runs and sleeps for random lengths around the given means.
     Bursty {
         /// Mean run length (µs).
@@ -184,8 +204,8 @@ impl Workload {
             return Err("no [[group]] declared".into());
         }
         const HOUR_US: u64 = 3_600_000_000;
-        if self.host_latency_us > HOUR_US {
-            return Err("host_latency_us must be at most one hour".into());
+        if self.host_latency_us > HOUR_US || self.switch_us > HOUR_US {
+            return Err("host_latency_us and switch_us must be at most one hour".into());
         }
         for r in &self.rt {
             if r.cpu >= self.cpus {
@@ -228,14 +248,20 @@ impl Workload {
                     "lifetime_us and move_every_us must be within 1..=one hour",
                 ));
             }
-            if g.lifetime_us.is_some() && matches!(g.behaviour, Behaviour::PingPong { .. }) {
-                return Err(at("ping-pong pairs cannot have a lifetime"));
+            let paired = matches!(
+                g.behaviour,
+                Behaviour::PingPong { .. } | Behaviour::Messaging { .. }
+            );
+            if g.lifetime_us.is_some() && paired {
+                return Err(at("ping-pong and messaging tasks cannot have a lifetime"));
             }
             // Every length is kept within an hour, so no product overflows.
             let too_long = match g.behaviour {
                 Behaviour::CpuBound {} => false,
                 Behaviour::Periodic { period_us, .. } => period_us > HOUR_US,
-                Behaviour::PingPong { runtime_us } => runtime_us > HOUR_US,
+                Behaviour::PingPong { runtime_us } | Behaviour::Messaging { runtime_us, .. } => {
+                    runtime_us > HOUR_US
+                }
                 Behaviour::Bursty {
                     run_us, sleep_us, ..
                 } => run_us > HOUR_US || sleep_us > HOUR_US,
@@ -256,6 +282,13 @@ impl Workload {
                 Behaviour::PingPong { runtime_us } => {
                     if runtime_us == 0 || g.count % 2 != 0 {
                         return Err(at("ping-pong needs runtime_us > 0 and an even count"));
+                    }
+                }
+                Behaviour::Messaging { runtime_us, buffer } => {
+                    if runtime_us == 0 || buffer == 0 || g.count < 2 || g.count % 2 != 0 {
+                        return Err(at(
+                            "messaging needs runtime_us > 0, buffer > 0 and an even count",
+                        ));
                     }
                 }
                 Behaviour::Bursty {
@@ -296,10 +329,11 @@ mod tests {
             "{HEAD}[[group]]\nname='a'\ncount=1\nbehaviour={{kind='cpu-bound'}}\n\
              [[group]]\nname='b'\ncount=2\nbehaviour={{kind='ping-pong', runtime_us=5}}\n\
              [[group]]\nname='c'\ncount=1\nbehaviour={{kind='periodic', period_us=10, runtime_us=5}}\n\
-             [[group]]\nname='d'\ncount=1\nbehaviour={{kind='bursty', run_us=1, sleep_us=2, jitter=0.5}}\n"
+             [[group]]\nname='d'\ncount=1\nbehaviour={{kind='bursty', run_us=1, sleep_us=2, jitter=0.5}}\n\
+             [[group]]\nname='e'\ncount=4\nbehaviour={{kind='messaging', runtime_us=5, buffer=8}}\n"
         ))
         .unwrap();
-        assert_eq!(w.groups.len(), 4);
+        assert_eq!(w.groups.len(), 5);
         assert_eq!(
             w.groups[2].behaviour,
             Behaviour::Periodic {
@@ -336,6 +370,10 @@ mod tests {
             (
                 "[[group]]\nname='a'\ncount=2\nlifetime_us=5\nbehaviour={kind='ping-pong', runtime_us=5}\n",
                 "cannot have a lifetime",
+            ),
+            (
+                "[[group]]\nname='a'\ncount=3\nbehaviour={kind='messaging', runtime_us=5, buffer=4}\n",
+                "even count",
             ),
             (
                 "[[rt]]\ncpu=5\nperiod_us=10\nruntime_us=5\n[[group]]\nname='a'\ncount=1\nbehaviour={kind='cpu-bound'}\n",
