@@ -12,8 +12,12 @@ work=$(mktemp -d)
 cd "$work" || exit 1
 repo=$(cd "$bin/../.." && pwd)
 
-printf '[scheduler]\nplugin = "%s"\n[plugin]\n[[plugin.strategy]]\nname = "cyclictest"\npriority = 10\ncomm = "^cyclictest$"\n' \
-  "$bin/libstrategy.so" > "$work/strategy-cyclictest.toml"
+# The strategy targets cyclictest and one of the two request/response pairs
+# (the same binary under two names: rr-target and rr-other).
+printf '[scheduler]\nplugin = "%s"\n[plugin]\n[[plugin.strategy]]\nname = "targets"\npriority = 10\ncomm = "^(cyclictest|rr-target)$"\n' \
+  "$bin/libstrategy.so" > "$work/strategy-targets.toml"
+ln -sf "$bin/rr" "$work/rr-target"
+ln -sf "$bin/rr" "$work/rr-other"
 
 wait_state() {
   for _ in $(seq 200); do
@@ -27,7 +31,7 @@ start() {
   case $1 in
   eevdf) sched_pid= ; return 0 ;;
   scx_*) "$peers/$1" > "$work/$1.log" 2>&1 & ;;
-  rthulhu-strategy) "$bin/host" --config "$work/strategy-cyclictest.toml" > "$work/$1.log" 2>&1 & ;;
+  rthulhu-strategy) "$bin/host" --config "$work/strategy-targets.toml" > "$work/$1.log" 2>&1 & ;;
   rthulhu-*) "$bin/host" --config "$repo/configs/${1#rthulhu-}.toml" > "$work/$1.log" 2>&1 & ;;
   esac
   sched_pid=$!
@@ -57,10 +61,25 @@ for s in "$@"; do
     echo "RESULT $s cyclictest_max_us ${max:-nan}"
     ops=$(stress-ng --cpu 2 -t 5 --metrics-brief 2>&1 | awk '$4 == "cpu" {print $9}')
     echo "RESULT $s stressng_bogo_ops_s ${ops:-nan}"
+    # Request/response pairs beside CPU hogs, 2x the CPUs: one pair the
+    # strategy targets by name, one it does not.
+    stress-ng --cpu "$((2 * $(nproc)))" -t 23 > /dev/null 2>&1 &
+    hog=$!
+    sleep 1
+    for pair in target other; do
+      out=$("$work/rr-$pair" 10 1000)
+      for q in p50 p99 max; do
+        v=$(echo "$out" | sed -n "s/.* ${q}_us \([0-9]*\).*/\1/p")
+        echo "RESULT $s rr_${pair}_${q}_us ${v:-nan}"
+      done
+    done
+    wait $hog
+    # Ejected (or exited) during this repetition: later figures would be EEVDF's.
+    if [ -n "$sched_pid" ] && { ! kill -0 "$sched_pid" 2>/dev/null || [ "$(cat $scx/state)" != enabled ]; }; then
+      echo "RESULT $s ejected 1"
+      echo "bench: $s ejected or exited in repetition $r: $(tail -3 "$work/$s.log")" >&2
+      break
+    fi
   done
-  if [ -n "$sched_pid" ] && ! kill -0 "$sched_pid" 2>/dev/null; then
-    echo "RESULT $s ejected 1"
-    echo "bench: $s exited early: $(tail -3 "$work/$s.log")" >&2
-  fi
   stop "$s"
 done

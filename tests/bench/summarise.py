@@ -4,7 +4,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-raw, kver, reps = sys.argv[1], sys.argv[2], sys.argv[3]
+raw, kver, reps, accel = sys.argv[1:5]
 data = defaultdict(lambda: defaultdict(list))
 order = []
 for line in open(raw, encoding="utf-8", errors="replace"):
@@ -37,7 +37,7 @@ def ratio(a, b):
     return "—" if a is None or b in (None, 0) else f"{a / b:.2f}"
 
 print("# Real-kernel benchmarks\n")
-print(f"Kernel: Debian `{kver}` under QEMU (TCG, 2 vCPUs, one boot for the whole table), ")
+print(f"Kernel: Debian `{kver}` under QEMU (`{accel}`, 2 vCPUs, one boot for the whole table), ")
 print(f"median of {reps} repetitions. Reproduce with `tests/bench/real-kernel` (`REPS=n` to change).\n")
 print("TCG emulates the CPUs in software, so absolute figures are far from bare metal;")
 print("the ratios, measured side by side in one boot, are what to read.\n")
@@ -49,6 +49,19 @@ for m, title in metrics:
     for s in order:
         v = med(s, m)
         print(f"| {s} | {fmt(v)} | {ratio(v, base)} | {ratio(v, peer)} |")
+    print()
+# The request/response pairs: beside 2x-overcommitted CPU hogs, one pair the
+# strategy plugin targets by name and one it does not (for every other
+# scheduler the two are the same experiment twice).
+for pair, what in (("target", "targeted by the strategy"), ("other", "not targeted")):
+    print(f"## Request/response round trip beside CPU hogs (2x the CPUs), pair {what} (µs, lower is better)\n")
+    print("| scheduler | p50 | p99 | max | p99 vs EEVDF | p99 vs scx_rustland |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    m = f"rr_{pair}_p99_us"
+    base, peer = med("eevdf", m), med("scx_rustland", m)
+    for s in order:
+        p50, p99, mx = (med(s, f"rr_{pair}_{q}_us") for q in ("p50", "p99", "max"))
+        print(f"| {s} | {fmt(p50)} | {fmt(p99)} | {fmt(mx)} | {ratio(p99, base)} | {ratio(p99, peer)} |")
     print()
 bad = [s for s in order if data[s].get("ejected") or data[s].get("failed")]
 if bad:
