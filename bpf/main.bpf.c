@@ -26,7 +26,10 @@
  * kernel's idle pick missed does not stay idle. A decision that arrives for a
  * task that was rescued, dequeued or queued again since its record carries an
  * old generation number and is dropped. The kernel watchdog stays a last
- * resort for a broken kernel side, not a mechanism.
+ * resort for a broken kernel side, not a mechanism. Under a backlog with
+ * every CPU's next task queued, records reach the host without waking it
+ * (each wake-up preempts a task); the first CPU to run that queue low wakes
+ * it, and a quiet record missed by a race waits at most a heartbeat.
  *
  * Tolerated races: counters are updated with atomics but read without a
  * snapshot, so the host's view of occupancy may be off by a task or two for
@@ -123,6 +126,10 @@ volatile u64 nr_bounce_dispatches, nr_failed_dispatches, nr_stale_dispatches;
 volatile u64 nr_sched_congested, nr_keep_running, nr_reenqueued;
 volatile u64 nr_rescues, nr_rescued, nr_bypassed, nr_idle_kicks, nr_host_wakeups;
 volatile u64 nr_shared_queued, nr_fallback_queued, nr_queued;
+volatile u64 nr_quiet_records;	/* records sent without waking the host */
+
+/* Records were sent without waking the host: the next wake-up must be forced. */
+volatile u32 host_unnotified;
 
 /* Set by the heartbeat, taken by the first CPU through ops.dispatch. */
 volatile u32 rescue_pending;
@@ -259,19 +266,42 @@ static __always_inline bool nothing_waits(void)
 	       !scx_bpf_dsq_nr_queued(RTHULHU_SHARED_DSQ);
 }
 
-/* Wakes the host with an empty record; `force`: even if records already wait. */
+/*
+ * Wakes the host with an empty record; `force`: even if records already wait
+ * (waiting records woke it already, unless they were sent quietly).
+ */
 static void wake_host(bool force)
 {
 	struct rthulhu_queued *r;
 
-	if (!force && bpf_ringbuf_query(&queued, BPF_RB_AVAIL_DATA))
+	if (!force && !host_unnotified && bpf_ringbuf_query(&queued, BPF_RB_AVAIL_DATA))
 		return;
+	host_unnotified = 0;
 	r = bpf_ringbuf_reserve(&queued, sizeof(*r), 0);
 	if (!r)
 		return;
 	__builtin_memset(r, 0, sizeof(*r));
 	bpf_ringbuf_submit(r, BPF_RB_FORCE_WAKEUP);
 	__sync_fetch_and_add(&nr_host_wakeups, 1);
+}
+
+/*
+ * Whether a new record may reach the host without waking it. Every host
+ * wake-up preempts a running task (the host runs at once, see
+ * enqueue_host_thread), so under a hackbench-like load, where every message
+ * wakes a task, waking it per record costs a preemption per message. It
+ * need not wake while there is a backlog (more than two tasks per CPU held:
+ * the regime in which nothing preempts, see urgent_wakeup) and every CPU has
+ * its next task queued (no idle CPU, a task per CPU in the shared queue):
+ * the first CPU that takes the shared queue below that wakes it
+ * (ops.dispatch), as does any CPU that finds nothing and the heartbeat.
+ */
+static __always_inline bool quiet_record(void)
+{
+	u64 nr = scx_bpf_nr_cpu_ids();
+
+	return nr_held > 2 * nr && !nr_idle_cpus &&
+	       scx_bpf_dsq_nr_queued(RTHULHU_SHARED_DSQ) >= nr;
 }
 
 /* Wakes an idle CPU that may run p, its last CPU first; false if none is idle. */
@@ -597,7 +627,21 @@ int rthulhu_enqueue(unsigned long long *ctx)
 	r->cgroup_id = task_cgroup_id(p);
 	__builtin_memcpy(r->comm, p->comm, RTHULHU_COMM_LEN);
 	r->gen = h.gen;
-	bpf_ringbuf_submit(r, 0);
+	if (quiet_record()) {
+		bpf_ringbuf_submit(r, BPF_RB_NO_WAKEUP);
+		/*
+		 * Set after the record is in: a wake-up that clears the flag
+		 * (wake_host clears it, then sends) comes after the record too.
+		 */
+		host_unnotified = 1;
+		__sync_fetch_and_add(&nr_quiet_records, 1);
+	} else if (host_unnotified) {
+		/* Quiet records before this one: only a forced wake-up wakes now. */
+		host_unnotified = 0;
+		bpf_ringbuf_submit(r, BPF_RB_FORCE_WAKEUP);
+	} else {
+		bpf_ringbuf_submit(r, 0);
+	}
 	return 0;
 }
 
@@ -745,14 +789,20 @@ int rthulhu_dispatch(unsigned long long *ctx)
 	if (__sync_fetch_and_add(&dispatch_turn, 1) & 1) {
 		if (scx_bpf_dsq_move_to_local(RTHULHU_SHARED_DSQ) ||
 		    scx_bpf_dsq_move_to_local(RTHULHU_FALLBACK_DSQ))
-			return 0;
+			goto refill;
 	} else if (scx_bpf_dsq_move_to_local(RTHULHU_FALLBACK_DSQ) ||
 		   scx_bpf_dsq_move_to_local(RTHULHU_SHARED_DSQ)) {
-		return 0;
+		goto refill;
 	}
 	/* This CPU has nothing to run: if the host holds tasks, it must decide now. */
 	if (nr_held)
 		wake_host(false);
+	return 0;
+refill:
+	/* Quiet records wait: wake the host once the CPUs' next tasks run low. */
+	if (host_unnotified && nr_held &&
+	    scx_bpf_dsq_nr_queued(RTHULHU_SHARED_DSQ) < scx_bpf_nr_cpu_ids())
+		wake_host(true);
 	return 0;
 }
 

@@ -129,7 +129,7 @@ impl Default for SliceOpts {
         SliceOpts {
             default_ns: 5_000_000,
             min_ns: 500_000,
-            queue_ahead: 1,
+            queue_ahead: 4,
         }
     }
 }

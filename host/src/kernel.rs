@@ -210,6 +210,8 @@ described! {
         host_wakeups: u64 => "Times the kernel side woke the host.",
         #[serde(default)]
         urgent_wakeups: u64 => "Wake-ups that preempted at once by the plugin's rule, without the host.",
+        #[serde(default)]
+        quiet_records: u64 => "Records sent without waking the host (a backlog, and every CPU's next task queued).",
     }
 }
 

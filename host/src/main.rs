@@ -63,10 +63,11 @@ struct Cli {
     slice_min_us: Option<u64>,
 
     /// Tasks per CPU handed to the kernel beyond what the CPUs can start now,
-    /// kept in the plugin's order: with 1 a CPU that frees up starts the next
-    /// task without waiting for the host; 0 leaves every choice to the plugin
+    /// kept in the plugin's order, only while the plugin holds a backlog: a
+    /// CPU that frees up starts the next task without waiting for the host,
+    /// and the host is woken less often; 0 leaves every choice to the plugin
     /// until a CPU is free (a host round trip per hand-over).
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=64))]
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u64).range(0..=64))]
     queue_ahead: u64,
 
     /// Root-only Unix socket serving the scheduler's figures as JSON.

@@ -337,7 +337,7 @@ pub fn line(s: &Snapshot) -> String {
     );
     let v = &s.liveness;
     l.push_str(&format!(
-        " | held {} direct {} keep {} stale {} ghosts {} rescues {} rescued {} bypassed {} reenqueued {} urgent {}",
+        " | held {} direct {} keep {} stale {} ghosts {} rescues {} rescued {} bypassed {} reenqueued {} urgent {} quiet {}",
         v.held,
         v.direct_dispatches,
         v.keep_running,
@@ -347,7 +347,8 @@ pub fn line(s: &Snapshot) -> String {
         v.rescued,
         v.bypassed,
         v.reenqueued,
-        v.urgent_wakeups
+        v.urgent_wakeups,
+        v.quiet_records
     ));
     l.push_str(&format!(" | faults {}", s.host.page_faults));
     for (name, value) in &s.plugin_counters {

@@ -437,6 +437,7 @@ impl Kernel for BpfKernel<'_> {
             idle_kicks: atomic_load(&b.nr_idle_kicks),
             host_wakeups: atomic_load(&b.nr_host_wakeups),
             urgent_wakeups: atomic_load(&b.nr_urgent_wakeups),
+            quiet_records: atomic_load(&b.nr_quiet_records),
         }
     }
 

@@ -175,6 +175,13 @@ pub struct Simulator {
     rng: Rng,
     kick: bool,
     kick_armed: bool,
+    /// A record that wakes the host waits in the ring.
+    ring_wake: bool,
+    /// Records went to the host without waking it (`quiet_record` in
+    /// main.bpf.c): the first CPU to run the shared queue low wakes it.
+    unnotified: bool,
+    /// Records sent so.
+    pub quiet_records: u64,
     builtin_idle: bool,
     /// Tasks waiting in all local queues together.
     local_queued: usize,
@@ -247,6 +254,9 @@ impl Simulator {
             rng: Rng::new(w.seed),
             kick: false,
             kick_armed: false,
+            ring_wake: false,
+            unnotified: false,
+            quiet_records: 0,
             builtin_idle: true,
             local_queued: 0,
             preemptions: 0,
@@ -546,6 +556,11 @@ impl Simulator {
     /// the host holds tasks gets those that waited that long, in arrival order.
     fn heartbeat(&mut self) {
         let now = self.now;
+        // The BPF heartbeat wakes the host while it holds tasks: here only
+        // quiet records can have missed a wake-up.
+        if std::mem::take(&mut self.unnotified) {
+            self.kick = true;
+        }
         // Runs older than every held task can no longer be inversions.
         let oldest = self.tasks.iter().filter_map(|t| t.held_since).min();
         let keep_from = oldest.unwrap_or(now);
@@ -671,6 +686,16 @@ impl Simulator {
             t.held_since = Some(now);
             self.held += 1;
             self.ring.push_back(q);
+            // As the BPF side: with a backlog and every CPU's next task
+            // queued, the record does not wake the host.
+            let n = self.cpus.len();
+            let idle = self.cpus.iter().any(|c| c.current.is_none() && !c.rt_busy);
+            if self.held > 2 * n && !idle && self.shared.len() >= n {
+                self.unnotified = true;
+                self.quiet_records += 1;
+            } else {
+                self.ring_wake = true;
+            }
         } else {
             self.counters.nr_sched_congested += 1;
             self.counters.nr_kernel_dispatches += 1;
@@ -906,6 +931,13 @@ impl Simulator {
                 self.take_fallback(cpu).or_else(|| self.take_shared(cpu))
             }
         });
+        // Taken from a queue: quiet records wake the host once the CPUs'
+        // next tasks run low.
+        let low = self.shared.len() < self.cpus.len();
+        if local.is_none() && next.is_some() && self.unnotified && self.held > 0 && low {
+            self.kick = true;
+            self.unnotified = false;
+        }
         match next {
             Some(i) => self.run(cpu, i),
             None => {
@@ -1045,7 +1077,7 @@ impl Kernel for Simulator {
                 .events
                 .peek()
                 .is_none_or(|Reverse((t, ..))| *t > self.now);
-            if batch_done && (self.kick || !self.ring.is_empty()) {
+            if batch_done && (self.kick || self.ring_wake) {
                 // The host answers host_latency after it was woken.
                 match self.host_due {
                     None if self.host_latency > 0 => {
@@ -1057,6 +1089,8 @@ impl Kernel for Simulator {
                     _ => {
                         self.host_due = None;
                         self.kick = false;
+                        self.ring_wake = false;
+                        self.unnotified = false;
                         return Ok(Wake::Work);
                     }
                 }
@@ -1243,6 +1277,8 @@ pub fn simulate<P: crate::dispatcher::Policy>(
         groups: d.kernel.report(),
         classes: crate::latency::figures(d.class_names(), &d.kernel.latency()),
         urgent_wakeups: d.kernel.urgent_wakeups,
+        quiet_records: d.kernel.quiet_records,
+        host_rounds: d.stats.rounds,
         decided_runs: d.kernel.decided_runs,
         inversions: d.kernel.inversions,
     })

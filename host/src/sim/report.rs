@@ -101,6 +101,11 @@ pub struct SimReport {
     /// Wake-ups that preempted by the plugin's rule, as the BPF side
     /// applies it (without the host).
     pub urgent_wakeups: u64,
+    /// Records that reached the host without waking it (a backlog, and
+    /// every CPU's next task queued), as the BPF side sends them.
+    pub quiet_records: u64,
+    /// Rounds the host ran (each one a wake-up on the real path).
+    pub host_rounds: u64,
     /// Runs that started from a host decision that did not preempt (the
     /// look-ahead window's domain; direct, urgent, rescued and preempting
     /// starts are outside it).
