@@ -176,6 +176,10 @@ volatile u64 nr_cgroups_untracked;
 volatile u64 urgent_classes;
 volatile u64 urgent_burst_ns;
 volatile u64 nr_urgent_wakeups;
+/* Wake-ups of covered tasks that went to the host instead, by the guard that
+ * sent them: last run too long, sleep too short, backlog, no CPU to take. */
+volatile u64 nr_urgent_missed_burst, nr_urgent_missed_sleep;
+volatile u64 nr_urgent_missed_backlog, nr_urgent_missed_cpu;
 
 /* When each CPU went idle (0: busy). */
 u64 idle_since[RTHULHU_MAX_CPUS];
@@ -536,18 +540,26 @@ static bool urgent_wakeup(struct task_struct *p, struct task_ctx *tctx, u64 enq_
 	if (!(enq_flags & SCX_ENQ_WAKEUP) || tctx->class >= 64 ||
 	    !(classes & (1ULL << tctx->class)))
 		return false;
-	if (tctx->stop_ts - tctx->start_ts > urgent_burst_ns)
+	if (tctx->stop_ts - tctx->start_ts > urgent_burst_ns) {
+		__sync_fetch_and_add(&nr_urgent_missed_burst, 1);
 		return false;
-	if (bpf_ktime_get_ns() - tctx->stop_ts < 2 * (tctx->stop_ts - tctx->start_ts))
+	}
+	if (bpf_ktime_get_ns() - tctx->stop_ts < 2 * (tctx->stop_ts - tctx->start_ts)) {
+		__sync_fetch_and_add(&nr_urgent_missed_sleep, 1);
 		return false;
+	}
 	/* With a backlog (hackbench-like loads: every task short) preempting
 	 * only churns, and the woken task would wait behind the others anyway. */
 	if (nr_held + scx_bpf_dsq_nr_queued(RTHULHU_SHARED_DSQ) >
-	    2 * (u64)scx_bpf_nr_cpu_ids())
+	    2 * (u64)scx_bpf_nr_cpu_ids()) {
+		__sync_fetch_and_add(&nr_urgent_missed_backlog, 1);
 		return false;
+	}
 	cpu = preempt_target(p, true);
-	if (cpu < 0)
+	if (cpu < 0) {
+		__sync_fetch_and_add(&nr_urgent_missed_cpu, 1);
 		return false;
+	}
 	/* SCX_ENQ_PREEMPT zeroes the slice of what runs there and kicks the
 	 * CPU itself. No SCX_KICK_PREEMPT besides: it lands later, and if
 	 * this task runs by then, it preempts this task (a VM run counted

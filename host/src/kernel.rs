@@ -211,6 +211,14 @@ described! {
         #[serde(default)]
         urgent_wakeups: u64 => "Wake-ups that preempted at once by the plugin's rule, without the host.",
         #[serde(default)]
+        urgent_missed_burst: u64 => "Wake-ups of tasks the plugin's rule covers that went to the host: last run longer than the rule's burst.",
+        #[serde(default)]
+        urgent_missed_sleep: u64 => "Wake-ups of tasks the plugin's rule covers that went to the host: slept less than twice their last run.",
+        #[serde(default)]
+        urgent_missed_backlog: u64 => "Wake-ups of tasks the plugin's rule covers that went to the host: more than two tasks per CPU waited.",
+        #[serde(default)]
+        urgent_missed_cpu: u64 => "Wake-ups of tasks the plugin's rule covers that went to the host: no idle CPU, and none running a task ranked after them.",
+        #[serde(default)]
         quiet_records: u64 => "Records sent without waking the host (a backlog, and every CPU's next task queued).",
     }
 }

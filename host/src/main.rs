@@ -99,9 +99,13 @@ struct Cli {
 
     /// The host's own watchdog: a round of the dispatch loop (the plugin's
     /// calls) that runs longer than this ends the host with exit 1, so a
-    /// stuck plugin cannot hold the machine (ms; below --timeout-ms).
-    #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(10..=30000))]
-    round_timeout_ms: u32,
+    /// stuck plugin cannot hold the machine (ms; below --timeout-ms)
+    /// [default: half of --timeout-ms]. The kernel side stops waiting for a
+    /// late host after two heartbeats (20 ms) anyway; this only decides when
+    /// to give up, and too short a bound ends a healthy host on a machine
+    /// that stalls now and then (a VM on a busy host).
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u32).range(10..=30000))]
+    round_timeout_ms: Option<u32>,
 
     /// Send every wake-up through the plugin, even when an idle CPU is free
     /// (by default BPF runs such a task on the idle CPU at once).
@@ -225,18 +229,19 @@ fn run(mut cli: Cli) -> Result<ExitCode> {
         drop(scheduler);
         return Ok(ExitCode::SUCCESS);
     }
-    if cli.simulate.is_none() && cli.round_timeout_ms >= cli.timeout_ms {
+    let round_timeout_ms = cli.round_timeout_ms.unwrap_or(cli.timeout_ms / 2);
+    if cli.simulate.is_none() && round_timeout_ms >= cli.timeout_ms {
         return Err(InputError::new(
             "(command line)".as_ref(),
             format!(
                 "--round-timeout-ms {} must be below --timeout-ms {}: the host must give up on a stuck plugin before the kernel does",
-                cli.round_timeout_ms, cli.timeout_ms
+                round_timeout_ms, cli.timeout_ms
             ),
         )
         .into());
     }
     round_watch::arm(
-        std::time::Duration::from_millis(cli.round_timeout_ms.into()),
+        std::time::Duration::from_millis(round_timeout_ms.into()),
         bpf::stop_requested,
     )
     .context("starting the round watchdog")?;

@@ -337,7 +337,7 @@ pub fn line(s: &Snapshot) -> String {
     );
     let v = &s.liveness;
     l.push_str(&format!(
-        " | held {} direct {} keep {} stale {} ghosts {} rescues {} rescued {} bypassed {} reenqueued {} urgent {} quiet {}",
+        " | held {} direct {} keep {} stale {} ghosts {} rescues {} rescued {} bypassed {} reenqueued {} urgent {} (missed: burst {} sleep {} backlog {} cpu {}) quiet {}",
         v.held,
         v.direct_dispatches,
         v.keep_running,
@@ -348,6 +348,10 @@ pub fn line(s: &Snapshot) -> String {
         v.bypassed,
         v.reenqueued,
         v.urgent_wakeups,
+        v.urgent_missed_burst,
+        v.urgent_missed_sleep,
+        v.urgent_missed_backlog,
+        v.urgent_missed_cpu,
         v.quiet_records
     ));
     l.push_str(&format!(" | faults {}", s.host.page_faults));

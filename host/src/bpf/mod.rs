@@ -437,6 +437,10 @@ impl Kernel for BpfKernel<'_> {
             idle_kicks: atomic_load(&b.nr_idle_kicks),
             host_wakeups: atomic_load(&b.nr_host_wakeups),
             urgent_wakeups: atomic_load(&b.nr_urgent_wakeups),
+            urgent_missed_burst: atomic_load(&b.nr_urgent_missed_burst),
+            urgent_missed_sleep: atomic_load(&b.nr_urgent_missed_sleep),
+            urgent_missed_backlog: atomic_load(&b.nr_urgent_missed_backlog),
+            urgent_missed_cpu: atomic_load(&b.nr_urgent_missed_cpu),
             quiet_records: atomic_load(&b.nr_quiet_records),
         }
     }
