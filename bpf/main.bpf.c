@@ -127,6 +127,7 @@ volatile u64 nr_sched_congested, nr_keep_running, nr_reenqueued;
 volatile u64 nr_rescues, nr_rescued, nr_bypassed, nr_idle_kicks, nr_host_wakeups;
 volatile u64 nr_shared_queued, nr_fallback_queued, nr_queued;
 volatile u64 nr_quiet_records;	/* records sent without waking the host */
+volatile u64 nr_resumed;	/* preempted tasks put back with their key, no round trip */
 
 /* Records were sent without waking the host: the next wake-up must be forced. */
 volatile u32 host_unnotified;
@@ -223,6 +224,8 @@ struct task_ctx {
 	u64 runnable_at; /* when it became runnable, 0 once it ran */
 	u64 slice_at_start; /* its slice when it last started running */
 	u32 slept;	/* woke from sleep since its last record (RTHULHU_ENQ_SLEPT) */
+	u32 decided;	/* the host has decided on it at least once: dsq_vtime is its key */
+	u64 resume_ns;	/* slice left when it was last preempted (0: it was not) */
 };
 
 struct {
@@ -570,6 +573,33 @@ static bool urgent_wakeup(struct task_struct *p, struct task_ctx *tctx, u64 enq_
 	return true;
 }
 
+/*
+ * A task preempted before its slice ran out (by an urgent wake-up, the host
+ * thread, a preempting decision) finishes that slice at the key the plugin
+ * last gave it, in the shared queue, without a host round trip: the
+ * decision it was running under is not over. Without this, every
+ * preemption cost a record, a host wake-up (which itself preempts) and an
+ * idle CPU meanwhile. Bounded: it resumes only what is left of the slice,
+ * and then goes through the host as usual.
+ */
+static bool resume_preempted(struct task_struct *p, u64 enq_flags)
+{
+	struct task_ctx *tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
+	u64 slice;
+
+	if (!tctx || !tctx->decided || (enq_flags & SCX_ENQ_WAKEUP) || !tctx->resume_ns)
+		return false;
+	slice = tctx->resume_ns;
+	tctx->resume_ns = 0;
+	/* The plugin chose it: it counts in the look-ahead window until it runs. */
+	if (__sync_val_compare_and_swap(&tctx->inflight, 0, 1) == 0)
+		__sync_fetch_and_add(&nr_inflight, 1);
+	scx_bpf_dsq_insert_vtime(p, RTHULHU_SHARED_DSQ, slice, p->scx.dsq_vtime, enq_flags);
+	__sync_fetch_and_add(&nr_resumed, 1);
+	kick_idle_cpu(p);
+	return true;
+}
+
 SEC("struct_ops/rthulhu_enqueue")
 int rthulhu_enqueue(unsigned long long *ctx)
 {
@@ -595,6 +625,8 @@ int rthulhu_enqueue(unsigned long long *ctx)
 		__sync_fetch_and_add(&nr_keep_running, 1);
 		return 0;
 	}
+	if (resume_preempted(p, enq_flags))
+		return 0;
 	if (bypass) {
 		__sync_fetch_and_add(&nr_bypassed, 1);
 		insert_fallback(p, enq_flags);
@@ -702,6 +734,7 @@ static long dispatch_one(struct bpf_dynptr *dynptr, struct drain_ctx *dc)
 		return 0;
 	}
 	preempt = d.flags & RTHULHU_DSP_PREEMPT;
+	tctx->decided = 1;
 	tctx->class = (d.flags & RTHULHU_DSP_CLASS_MASK) >> RTHULHU_DSP_CLASS_SHIFT;
 	if (tctx->class >= RTHULHU_MAX_CLASSES)
 		tctx->class = RTHULHU_MAX_CLASSES - 1;
@@ -942,18 +975,22 @@ int rthulhu_stopping(unsigned long long *ctx)
 {
 	struct task_struct *p = (void *)ctx[0];
 	struct task_ctx *tctx;
-
 	bool runnable = ctx[1];
+	u64 ran;
 
 	tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
 	if (!tctx)
 		return 0;
 	tctx->stop_ts = bpf_ktime_get_ns();
+	ran = tctx->stop_ts - tctx->start_ts;
+	tctx->resume_ns = 0;
 	/* Switched out while runnable before its slice ran out: preempted (a
 	 * kick zeroes the slice, so the time it ran tells, not what is left). */
-	if (runnable && tctx->stop_ts - tctx->start_ts < tctx->slice_at_start &&
-	    tctx->class < RTHULHU_MAX_CLASSES)
-		__sync_fetch_and_add(&nr_preempted[tctx->class], 1);
+	if (runnable && ran < tctx->slice_at_start) {
+		tctx->resume_ns = tctx->slice_at_start - ran;
+		if (tctx->class < RTHULHU_MAX_CLASSES)
+			__sync_fetch_and_add(&nr_preempted[tctx->class], 1);
+	}
 	if (tctx->counted) {
 		tctx->counted = 0;
 		__sync_fetch_and_sub(&nr_running, 1);

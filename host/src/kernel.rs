@@ -220,6 +220,8 @@ described! {
         urgent_missed_cpu: u64 => "Wake-ups of tasks the plugin's rule covers that went to the host: no idle CPU, and none running a task ranked after them.",
         #[serde(default)]
         quiet_records: u64 => "Records sent without waking the host (a backlog, and every CPU's next task queued).",
+        #[serde(default)]
+        resumed: u64 => "Preempted tasks that finished their slice at their last key, without a host round trip.",
     }
 }
 

@@ -337,7 +337,7 @@ pub fn line(s: &Snapshot) -> String {
     );
     let v = &s.liveness;
     l.push_str(&format!(
-        " | held {} direct {} keep {} stale {} ghosts {} rescues {} rescued {} bypassed {} reenqueued {} urgent {} (missed: burst {} sleep {} backlog {} cpu {}) quiet {}",
+        " | held {} direct {} keep {} stale {} ghosts {} rescues {} rescued {} bypassed {} reenqueued {} urgent {} (missed: burst {} sleep {} backlog {} cpu {}) quiet {} resumed {}",
         v.held,
         v.direct_dispatches,
         v.keep_running,
@@ -352,7 +352,8 @@ pub fn line(s: &Snapshot) -> String {
         v.urgent_missed_sleep,
         v.urgent_missed_backlog,
         v.urgent_missed_cpu,
-        v.quiet_records
+        v.quiet_records,
+        v.resumed
     ));
     l.push_str(&format!(" | faults {}", s.host.page_faults));
     for (name, value) in &s.plugin_counters {

@@ -66,6 +66,10 @@ struct Task {
     /// Placed by a host decision that did not preempt (not by the kernel
     /// side on its own): the runs the look-ahead window orders.
     decided: bool,
+    /// The host has decided on it at least once: `vtime` is its key.
+    keyed: bool,
+    /// Slice left when it was last preempted (0: it was not).
+    resume: u64,
     /// Since when the host holds it (its record was sent, no decision yet).
     held_since: Option<u64>,
     /// CPUs it may run on (None: all).
@@ -182,6 +186,8 @@ pub struct Simulator {
     unnotified: bool,
     /// Records sent so.
     pub quiet_records: u64,
+    /// Preempted tasks that finished their slice at their key, as BPF does.
+    pub resumed: u64,
     builtin_idle: bool,
     /// Tasks waiting in all local queues together.
     local_queued: usize,
@@ -257,6 +263,7 @@ impl Simulator {
             ring_wake: false,
             unnotified: false,
             quiet_records: 0,
+            resumed: 0,
             builtin_idle: true,
             local_queued: 0,
             preemptions: 0,
@@ -322,6 +329,8 @@ impl Simulator {
                     class: 0,
                     queued_on_dsq: false,
                     decided: false,
+                    keyed: false,
+                    resume: 0,
                     held_since: None,
                     allowed: g.cpus.clone(),
                     forked: false,
@@ -538,6 +547,8 @@ impl Simulator {
             class: 0,
             queued_on_dsq: false,
             decided: false,
+            keyed: false,
+            resume: 0,
             held_since: None,
             forked: true,
             dies_at: self.lifetimes[g].map(|l| now + l),
@@ -748,13 +759,45 @@ impl Simulator {
         // back through the host, and this one runs next.
         self.cpus[c as usize].local.push_front(i);
         self.local_queued += 1;
-        if let Some(victim) = self.cpus[c as usize].current {
-            self.class_latency.preempted[self.tasks[victim].class] += 1;
-            self.stop(c);
+        if self.cpus[c as usize].current.is_some() {
+            self.preempt(c);
         } else {
             self.next_on(c);
         }
         true
+    }
+
+    /// The task running on `cpu` is preempted: it keeps what is left of its
+    /// slice, to finish at its key without the host (`resume_preempted` in
+    /// main.bpf.c).
+    fn preempt(&mut self, cpu: u32) {
+        let c = &self.cpus[cpu as usize];
+        let Some(victim) = c.current else { return };
+        let ran = self.now.saturating_sub(c.started);
+        let t = &mut self.tasks[victim];
+        t.resume = t.slice.saturating_sub(ran);
+        self.class_latency.preempted[t.class] += 1;
+        self.stop(cpu);
+    }
+
+    /// A task still runnable after it stopped: a preempted one with slice
+    /// left and a key finishes its slice from the shared queue, any other
+    /// goes to the host.
+    fn requeue(&mut self, i: usize) {
+        let t = &mut self.tasks[i];
+        let left = std::mem::take(&mut t.resume);
+        if left == 0 || !t.keyed {
+            self.enqueue(i);
+            return;
+        }
+        t.state = State::Waiting;
+        t.runnable_since = self.now;
+        t.slice = left;
+        t.queued_on_dsq = true;
+        let key = t.vtime;
+        self.resumed += 1;
+        self.push_shared(key, i);
+        self.kick_idle_for(i);
     }
 
     /// The running task on `cpu` stops: its burst ended or its slice expired.
@@ -783,7 +826,7 @@ impl Simulator {
             if self.tasks[i].work_left == 0 {
                 self.tasks[i].state = State::Sleeping;
             } else {
-                self.enqueue(i);
+                self.requeue(i);
             }
             for w in wakes {
                 self.wake(w);
@@ -811,7 +854,7 @@ impl Simulator {
             }
         } else {
             self.groups[t.group].runs += u64::from(matches!(t.behaviour, Behaviour::CpuBound {}));
-            self.enqueue(i);
+            self.requeue(i);
         }
         self.next_on(cpu);
     }
@@ -1130,6 +1173,7 @@ impl Kernel for Simulator {
         // A preempting decision jumps the queue by the plugin's own choice:
         // outside the window, so not counted for or against it.
         t.decided = d.flags & DISPATCH_PREEMPT == 0;
+        t.keyed = true;
         t.vtime = d.vtime;
         t.slice = d.slice_ns.max(1);
         t.queued_on_dsq = true;
@@ -1162,10 +1206,7 @@ impl Kernel for Simulator {
         // running task goes back to the scheduler and the best queued task runs.
         if d.flags & DISPATCH_PREEMPT != 0 && self.tasks[i].state == State::Waiting {
             self.preemptions += 1;
-            if let Some(victim) = self.cpus[target as usize].current {
-                self.class_latency.preempted[self.tasks[victim].class] += 1;
-            }
-            self.stop(target);
+            self.preempt(target);
         }
         Ok(())
     }
@@ -1278,6 +1319,7 @@ pub fn simulate<P: crate::dispatcher::Policy>(
         classes: crate::latency::figures(d.class_names(), &d.kernel.latency()),
         urgent_wakeups: d.kernel.urgent_wakeups,
         quiet_records: d.kernel.quiet_records,
+        resumed: d.kernel.resumed,
         host_rounds: d.stats.rounds,
         decided_runs: d.kernel.decided_runs,
         inversions: d.kernel.inversions,

@@ -104,6 +104,8 @@ pub struct SimReport {
     /// Records that reached the host without waking it (a backlog, and
     /// every CPU's next task queued), as the BPF side sends them.
     pub quiet_records: u64,
+    /// Preempted tasks that finished their slice at their key, without the host.
+    pub resumed: u64,
     /// Rounds the host ran (each one a wake-up on the real path).
     pub host_rounds: u64,
     /// Runs that started from a host decision that did not preempt (the
