@@ -133,6 +133,12 @@ fn simple_lets_short_sleepers_preempt_hogs_yet_no_one_takes_more_than_its_share(
     );
     assert!(after < 1_000_000, "periodic p99 {after} ns: {simple}");
     assert!(share(&simple, "hog") > 0.85, "{simple}");
+    // The hog it preempts finishes its slice at its key, without the host:
+    // one resume at most per preemption.
+    let resumed = simple["resumed"].as_u64().unwrap();
+    let preempting =
+        simple["urgent_wakeups"].as_u64().unwrap() + simple["preemptions"].as_u64().unwrap();
+    assert!(resumed > 0 && resumed <= preempting, "{simple}");
     // A task that runs 900 µs and sleeps 100 µs wakes with a short last
     // run, over and over: the kernel side's sleep guard (twice the last
     // run) keeps it from preempting its way to 90% of the CPU; it gets
