@@ -755,8 +755,8 @@ impl Simulator {
         t.runnable_since = self.now;
         t.slice = KERNEL_SLICE_NS;
         t.queued_on_dsq = true;
-        // At the head of the CPU's local queue: the preempted task goes
-        // back through the host, and this one runs next.
+        // At the head of the CPU's local queue: this one runs next, and the
+        // preempted task finishes its slice from the shared queue (preempt).
         self.cpus[c as usize].local.push_front(i);
         self.local_queued += 1;
         if self.cpus[c as usize].current.is_some() {
