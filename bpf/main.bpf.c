@@ -10,8 +10,11 @@
  * local queue. Never: the host's own threads (it cannot wait on itself),
  * kernel threads (memory reclaim, RCU, writeback and the sched_ext watchdog's
  * work item run in them, and the host's syscalls may wait on any of them),
- * and tasks handed back from a CPU they could not run on at once (an RT/DL
- * task took it: local queues hold only a task that runs now, see .flags).
+ * tasks handed back from a CPU they could not run on at once (an RT/DL task
+ * took it: local queues hold only a task that runs now, see .flags), and a
+ * task preempted before its slice ran out: it already had its decision, so
+ * it goes back into the shared queue at that decision's key for the rest of
+ * its slice (resume_preempted; a yield looks the same to us and resumes too).
  *
  * Liveness. A CPU that finds nothing to run while tasks are held wakes the
  * host, and so does the heartbeat timer (every heartbeat_ns) while it holds
