@@ -5,7 +5,8 @@
 //! under `…kubepods…pod<UID>…`) or user id, and gives them a priority level
 //! and/or an execution time (slice). Matched tasks run ahead of unmatched
 //! ones, by level, and may preempt them; within a level, weighted virtual
-//! time keeps things fair. Matching is cached per thread identity (pid,
+//! time keeps things fair, and a task that slept preempts one with a later
+//! vtime at wake-up (decided in the kernel, as in `simple`). Matching is cached per thread identity (pid,
 //! process, cgroup, comm), so a regex runs once per new thread, never per
 //! dispatch.
 //!
@@ -171,10 +172,16 @@ impl StrategyPolicy {
         found
     }
 
-    fn take(&mut self, key: Key) -> QueuedTask {
+    /// Takes `key` out of the pool. An aged pick (`in_order` false) is out
+    /// of vtime order: virtual time's "now" does not jump to it, or every
+    /// task that wakes next would lose its sleeper's credit to a hog's
+    /// vruntime (`simple` does the same).
+    fn take(&mut self, key: Key, in_order: bool) -> QueuedTask {
         let p = self.pool.remove(&key).expect("key from the pool");
         self.arrivals.remove(&key.2);
-        self.vtime_now = self.vtime_now.max(key.1);
+        if in_order {
+            self.vtime_now = self.vtime_now.max(key.1);
+        }
         self.last_slice = p.slice_ns;
         let mut t = p.task;
         // The kernel's shared queue is ordered by this: levels first.
@@ -276,12 +283,12 @@ impl CustomScheduler for StrategyPolicy {
         let first = *self.pool.first_key_value()?.0;
         let key = if overdue { oldest } else { first };
         self.aged += u64::from(key != first);
-        Some(self.take(key))
+        Some(self.take(key, key == first))
     }
 
     fn select_preempting(&mut self, _: &mut Sched<'_>) -> Option<QueuedTask> {
         let (&key, p) = self.pool.first_key_value()?;
-        (p.level > 0 && p.task.flags & ENQ_WAKEUP != 0).then(|| self.take(key))
+        (p.level > 0 && p.task.flags & ENQ_WAKEUP != 0).then(|| self.take(key, true))
     }
 
     fn select_cpu(&mut self, sched: &mut Sched<'_>, task: &QueuedTask) -> CpuTarget {
@@ -313,7 +320,11 @@ impl CustomScheduler for StrategyPolicy {
 
     /// Tasks of a strategy with a priority preempt at wake-up in the
     /// kernel, unless their last run was longer than `max_burst_us` (the
-    /// same guard that demotes a prioritised hog here).
+    /// same guard that demotes a prioritised hog here). So do unmatched
+    /// tasks, as in `simple`: the kernel lets a task preempt only one
+    /// with a later key, so within level 0 a sleeper takes the CPU from a
+    /// hog and never from a matched task (without it, a woken unmatched
+    /// task waited out a hog's whole slice).
     fn wakeup_preemption(&self) -> WakeupPreemption {
         let classes = self
             .cfg
@@ -321,7 +332,7 @@ impl CustomScheduler for StrategyPolicy {
             .iter()
             .enumerate()
             .filter(|(i, s)| s.priority > 0 && *i < 63)
-            .fold(0u64, |m, (i, _)| m | 1 << (i + 1));
+            .fold(1u64, |m, (i, _)| m | 1 << (i + 1));
         WakeupPreemption {
             classes,
             max_burst_ns: self.cfg.max_burst_ns,

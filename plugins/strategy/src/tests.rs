@@ -208,3 +208,38 @@ fn each_strategy_is_a_class_and_a_task_gets_the_one_that_selected_it() {
     assert_eq!(classes[class], p.cfg.strategies[class - 1].name);
     assert_eq!(p.task_class(&task(1, 1, "bash", 7)), 0);
 }
+
+#[test]
+fn an_aged_pick_does_not_move_virtual_time() {
+    let mut p = StrategyPolicy::new("max_wait_ms = 50").unwrap();
+    let mut host = host();
+    // A hog (pid 1) runs 100 ms and is queued again; a fresh task (pid 2)
+    // arrives after it, at the pack's virtual time 0.
+    host.queue.push_back(task(1, 1, "hog", 1));
+    run(&mut p, &mut host);
+    let mut hog = task(1, 1, "hog", 1);
+    hog.flags = 0;
+    hog.exec_runtime = 100_000_000;
+    host.queue.extend([hog, task(2, 2, "fresh", 1)]);
+    Sched::with(&mut host, |s| p.drain_queued_tasks(s));
+    // 60 ms later the hog has waited past max_wait_ms: it runs first, out
+    // of vtime order.
+    host.now = 60_000_000;
+    let first = Sched::with(&mut host, |s| p.select_queued_task(s).map(|t| t.pid));
+    assert_eq!((first, p.aged), (Some(1), 1));
+    // Virtual time's "now" stays with the pack, so a sleeper waking now
+    // keeps its credit instead of landing behind the hog's 100 ms.
+    assert_eq!(p.vtime_now, 0);
+    host.queue.push_back(task(9, 9, "sleeper", 1));
+    let order: Vec<i32> = run(&mut p, &mut host).iter().map(|r| r.0).collect();
+    assert_eq!(order, [2, 9]);
+}
+
+#[test]
+fn unmatched_and_prioritised_tasks_preempt_at_wake_up() {
+    let cfg = "max_burst_us = 800\n[[strategy]]\npriority = 3\ncomm = 'a'\n[[strategy]]\ncomm = 'b'\nexecution_time_us = 50";
+    let rule = StrategyPolicy::new(cfg).unwrap().wakeup_preemption();
+    // Class 0 (unmatched) and 1 (priority 3); class 2 only sets a slice.
+    assert!(rule.covers(0) && rule.covers(1) && !rule.covers(2));
+    assert_eq!(rule.max_burst_ns, 800_000);
+}
