@@ -545,7 +545,10 @@ static bool urgent_wakeup(struct task_struct *p, struct task_ctx *tctx, u64 enq_
 	u64 classes = urgent_classes;
 	s32 cpu;
 
-	if (!(enq_flags & SCX_ENQ_WAKEUP) || tctx->class >= 64 ||
+	/* Not before the plugin's first decision on it: until then dsq_vtime
+	 * is not its key (0 for a fork), and the key check below would let it
+	 * preempt anything, a task of a higher level too. */
+	if (!(enq_flags & SCX_ENQ_WAKEUP) || !tctx->decided || tctx->class >= 64 ||
 	    !(classes & (1ULL << tctx->class)))
 		return false;
 	if (tctx->stop_ts - tctx->start_ts > urgent_burst_ns) {

@@ -720,8 +720,8 @@ impl Simulator {
     }
 
     /// The BPF side's wake-up preemption (`urgent_wakeup` in main.bpf.c):
-    /// a task of a covered class whose last run was short and who slept at
-    /// least twice that long, without a backlog, runs at once on an idle CPU
+    /// a task the plugin has keyed, of a covered class, whose last run was
+    /// short and who slept at least twice that long, without a backlog, runs at once on an idle CPU
     /// or in place of a task with a later vtime; false leaves it to the host.
     fn urgent(&mut self, i: usize) -> bool {
         let Some(rule) = self.preemption else {
@@ -729,7 +729,8 @@ impl Simulator {
         };
         let t = &self.tasks[i];
         let last_run = t.stop_ts.saturating_sub(t.start_ts);
-        if !rule.covers(t.class as u32)
+        if !t.keyed
+            || !rule.covers(t.class as u32)
             || last_run > rule.max_burst_ns
             || self.now.saturating_sub(t.stop_ts) < 2 * last_run
             || self.held + self.shared.len() > 2 * self.cpus.len()
