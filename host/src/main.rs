@@ -58,7 +58,7 @@ struct Cli {
     #[arg(long, value_name = "N")]
     slice_us: Option<u64>,
 
-    /// Smallest slice the host hands out under contention, in µs [default: 500].
+    /// Smallest slice the host hands out under contention, in µs [default: 1000].
     #[arg(long, value_name = "N")]
     slice_min_us: Option<u64>,
 

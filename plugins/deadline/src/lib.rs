@@ -10,7 +10,7 @@
 //! more than two tasks per CPU already wait, when preempting only churns).
 //!
 //! `[plugin]` knobs (all optional): `slice_max_us` (5000), `slice_min_us`
-//! (250), `max_credit_us` (5000: how far behind the pack a sleeper may
+//! (1000), `max_credit_us` (5000: how far behind the pack a sleeper may
 //! come back), `max_penalty_us` (20000: cap of the burst term of the
 //! deadline), `preempt_burst_us` (1000: bursts at most this long may
 //! preempt; 0 disables preemption), `idle_pick` (true).
@@ -39,7 +39,9 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             slice_max_us: 5000,
-            slice_min_us: 250,
+            // 1000, not 250: hackbench in one VM boot ran 0.97x EEVDF's
+            // time against 1.08x, with a third fewer context switches.
+            slice_min_us: 1000,
             max_credit_us: 5000,
             max_penalty_us: 20000,
             preempt_burst_us: 1000,
