@@ -242,14 +242,17 @@ fn messaging_reads_what_is_written_and_switches_cost_throughput() {
     // at most 100000, and with nothing else to pay they come close.
     let free = read("msg-free", 0, 64);
     assert!((80_000..=100_000).contains(&free), "{free} messages read");
-    let switching = read("msg-switch", 20, 64);
+    // 50 µs a switch: with a 64-message buffer switches are rare (a
+    // receiver drains many messages per run), so a cheaper one hides in the
+    // noise of the threshold.
+    let switching = read("msg-switch", 50, 64);
     assert!(
         switching < free * 95 / 100,
-        "a 20 µs switch cost nothing: {switching} vs {free}"
+        "a 50 µs switch cost nothing: {switching} vs {free}"
     );
     // A one-message buffer makes every write wait for a read: more
     // switches, so slower, but not stuck.
-    let tight = read("msg-tight", 20, 1);
+    let tight = read("msg-tight", 50, 1);
     assert!(tight > 1000 && tight < switching, "{tight} vs {switching}");
 }
 
@@ -258,7 +261,9 @@ fn only_the_look_ahead_window_runs_tasks_out_of_the_plugins_order() {
     let w = Workload::load(&repo().join("configs/workloads/priority.toml")).unwrap();
     let run = |queue_ahead| {
         let lib = Plugin::load(&plugin("simple")).expect("libsimple.so loads");
-        let policy = lib.construct("mode = \"vtime\"").unwrap();
+        // Aging off: an aged pick is the plugin's own choice out of key
+        // order, which this count cannot tell from the window's.
+        let policy = lib.construct("mode = \"vtime\"\nmax_wait_ms = 0").unwrap();
         let slices = SliceOpts {
             queue_ahead,
             ..SliceOpts::default()
