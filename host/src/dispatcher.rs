@@ -128,8 +128,8 @@ impl Default for SliceOpts {
     fn default() -> Self {
         SliceOpts {
             default_ns: 5_000_000,
-            // A floor of 1 ms, not 0.5: one VM boot of hackbench (2 vCPUs)
-            // ran 0.97-0.99x EEVDF's time with it against 1.0-1.08x,
+            // A floor of 1 ms, not 0.5: in one VM boot (2 vCPUs) hackbench
+            // ran 0.96-0.99x EEVDF's time with it against 0.99-1.08x,
             // with a quarter fewer context switches and a fifth less host CPU.
             min_ns: 1_000_000,
             queue_ahead: 4,

@@ -721,8 +721,9 @@ impl Simulator {
 
     /// The BPF side's wake-up preemption (`urgent_wakeup` in main.bpf.c):
     /// a task the plugin has keyed, of a covered class, whose last run was
-    /// short and who slept at least twice that long, without a backlog, runs at once on an idle CPU
-    /// or in place of a task with a later vtime; false leaves it to the host.
+    /// short and who slept at least twice that long, without a backlog,
+    /// runs at once on an idle CPU or in place of a task with a later
+    /// vtime; false leaves it to the host.
     fn urgent(&mut self, i: usize) -> bool {
         let Some(rule) = self.preemption else {
             return false;

@@ -6,9 +6,9 @@
 //! and/or an execution time (slice). Matched tasks run ahead of unmatched
 //! ones, by level, and may preempt them; within a level, weighted virtual
 //! time keeps things fair, and a task that slept preempts one with a later
-//! vtime at wake-up (decided in the kernel, as in `simple`). Matching is cached per thread identity (pid,
-//! process, cgroup, comm), so a regex runs once per new thread, never per
-//! dispatch.
+//! vtime at wake-up (decided in the kernel, as in `simple`). Matching is
+//! cached per thread identity (pid, process, cgroup, comm), so a regex runs
+//! once per new thread, never per dispatch.
 //!
 //! Starvation guard: a matched task that runs longer than `max_burst_us`
 //! without sleeping loses its priority until it sleeps (a prioritised CPU
