@@ -185,7 +185,7 @@ volatile u64 nr_urgent_wakeups;
 /* Wake-ups of covered tasks that went to the host instead, by the guard that
  * sent them: last run too long, sleep too short, backlog, no CPU to take. */
 volatile u64 nr_urgent_missed_burst, nr_urgent_missed_sleep;
-volatile u64 nr_urgent_missed_backlog, nr_urgent_missed_cpu;
+volatile u64 nr_urgent_missed_backlog, nr_urgent_missed_cpu, nr_urgent_missed_key;
 
 /* When each CPU went idle (0: busy). */
 u64 idle_since[RTHULHU_MAX_CPUS];
@@ -231,6 +231,7 @@ struct task_ctx {
 	u32 slept;	/* woke from sleep since its last record (RTHULHU_ENQ_SLEPT) */
 	u32 decided;	/* the host has decided on it at least once: dsq_vtime is its key */
 	u64 resume_ns;	/* slice left when it was last preempted (0: it was not) */
+	u64 key_ran;	/* ran since its key was given, up to its last stop */
 };
 
 struct {
@@ -342,19 +343,40 @@ static bool cpu_taken(s32 cpu)
 	return taken;
 }
 
+/*
+ * A task's key as it stands now: the key of its last decision, advanced by
+ * what it ran since, weighted as the kernel weights vtime. A key is the
+ * plugin's rank at decision time; a task that ran since would rank later,
+ * and a task that keeps preempting in BPF never gets a new one. Comparing
+ * decision keys alone let a hog running since long before a sleeper's
+ * last decision keep its CPU (a VM run counted 214 such misses of 216).
+ */
+static u64 current_key(const struct task_struct *p, bool running, u64 now)
+{
+	struct task_ctx *tctx = bpf_task_storage_get(&task_ctxs, (struct task_struct *)p, 0, 0);
+	u64 ran, weight = p->scx.weight ?: 1;
+
+	if (!tctx)
+		return p->scx.dsq_vtime;
+	ran = tctx->key_ran;
+	if (running && now > tctx->start_ts)
+		ran += now - tctx->start_ts;
+	return p->scx.dsq_vtime + ran * 100 / weight;
+}
+
 /* Whether p may take cpu from whatever runs there now: not from an RT/DL
  * task, nor from the host (that would delay every decision), and, when
- * keyed, only from a task the plugin ranked after p (a higher vtime: the key
- * of its last decision; p's own may be older, which favours a sleeper). */
+ * keyed, only from a task the plugin would rank after p now (current_key). */
 static bool preemptible(s32 cpu, const struct task_struct *p, bool keyed)
 {
 	struct task_struct *curr;
+	u64 now = bpf_ktime_get_ns();
 	bool ok;
 
 	bpf_rcu_read_lock();
 	curr = scx_bpf_cpu_curr(cpu);
 	ok = curr && curr->prio >= MAX_RT_PRIO && curr->tgid != usersched_tgid &&
-	     (!keyed || (s64)(curr->scx.dsq_vtime - p->scx.dsq_vtime) > 0);
+	     (!keyed || (s64)(current_key(curr, true, now) - current_key(p, false, now)) > 0);
 	bpf_rcu_read_unlock();
 	return ok;
 }
@@ -363,21 +385,13 @@ static bool preemptible(s32 cpu, const struct task_struct *p, bool keyed)
  * preemptible: a bounded scan, in the order of their numbers. */
 #define PREEMPT_SCAN 8
 
-/*
- * Where an urgent task runs at once: an idle CPU it may use, its last CPU
- * first; else its last CPU or one of the next few it may use, if
- * preemptible (by key, when keyed). -1: none.
- */
-static s32 preempt_target(const struct task_struct *p, bool keyed)
+/* Its last CPU or one of the next few that p may use and that is
+ * preemptible (by key, when keyed): a bounded scan. -1: none. */
+static s32 busy_target(const struct task_struct *p, bool keyed)
 {
 	s32 prev = scx_bpf_task_cpu(p), cpu;
 	u32 nr = scx_bpf_nr_cpu_ids(), i;
 
-	if (bpf_cpumask_test_cpu(prev, p->cpus_ptr) && scx_bpf_test_and_clear_cpu_idle(prev))
-		return prev;
-	cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
-	if (cpu >= 0)
-		return cpu;
 	for (i = 0; i < PREEMPT_SCAN && i < nr; i++) {
 		cpu = (prev + i) % nr;
 		if (bpf_cpumask_test_cpu(cpu, p->cpus_ptr) && preemptible(cpu, p, keyed))
@@ -386,6 +400,19 @@ static s32 preempt_target(const struct task_struct *p, bool keyed)
 	return -1;
 }
 
+/* Where an urgent task runs at once: an idle CPU it may use, its last CPU
+ * first; else a busy one it may preempt (busy_target). -1: none. */
+static s32 preempt_target(const struct task_struct *p, bool keyed)
+{
+	s32 prev = scx_bpf_task_cpu(p), cpu;
+
+	if (bpf_cpumask_test_cpu(prev, p->cpus_ptr) && scx_bpf_test_and_clear_cpu_idle(prev))
+		return prev;
+	cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
+	if (cpu >= 0)
+		return cpu;
+	return busy_target(p, keyed);
+}
 
 /*
  * Tells the host that BPF took back the task it holds under record `gen`
@@ -569,6 +596,9 @@ static bool urgent_wakeup(struct task_struct *p, struct task_ctx *tctx, u64 enq_
 	cpu = preempt_target(p, true);
 	if (cpu < 0) {
 		__sync_fetch_and_add(&nr_urgent_missed_cpu, 1);
+		/* Only the key kept it out: what the stale-key limit counts. */
+		if (busy_target(p, false) >= 0)
+			__sync_fetch_and_add(&nr_urgent_missed_key, 1);
 		return false;
 	}
 	/* SCX_ENQ_PREEMPT zeroes the slice of what runs there and kicks the
@@ -743,6 +773,7 @@ static long dispatch_one(struct bpf_dynptr *dynptr, struct drain_ctx *dc)
 	}
 	preempt = d.flags & RTHULHU_DSP_PREEMPT;
 	tctx->decided = 1;
+	tctx->key_ran = 0;
 	tctx->class = (d.flags & RTHULHU_DSP_CLASS_MASK) >> RTHULHU_DSP_CLASS_SHIFT;
 	if (tctx->class >= RTHULHU_MAX_CLASSES)
 		tctx->class = RTHULHU_MAX_CLASSES - 1;
@@ -991,6 +1022,7 @@ int rthulhu_stopping(unsigned long long *ctx)
 		return 0;
 	tctx->stop_ts = bpf_ktime_get_ns();
 	ran = tctx->stop_ts - tctx->start_ts;
+	tctx->key_ran += ran;
 	tctx->resume_ns = 0;
 	/* Switched out while runnable before its slice ran out: preempted (a
 	 * kick zeroes the slice, so the time it ran tells, not what is left). */

@@ -219,6 +219,8 @@ described! {
         #[serde(default)]
         urgent_missed_cpu: u64 => "Wake-ups of tasks the plugin's rule covers that went to the host: no idle CPU, and none running a task ranked after them.",
         #[serde(default)]
+        urgent_missed_key: u64 => "Of urgent_missed_cpu, those where a CPU ran an ordinary task the rule's key check alone kept it from preempting.",
+        #[serde(default)]
         quiet_records: u64 => "Records sent without waking the host (a backlog, and every CPU's next task queued).",
         #[serde(default)]
         resumed: u64 => "Preempted tasks that finished their slice at their last key, without a host round trip.",

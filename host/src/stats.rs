@@ -337,7 +337,7 @@ pub fn line(s: &Snapshot) -> String {
     );
     let v = &s.liveness;
     l.push_str(&format!(
-        " | held {} direct {} keep {} stale {} ghosts {} rescues {} rescued {} bypassed {} reenqueued {} urgent {} (missed: burst {} sleep {} backlog {} cpu {}) quiet {} resumed {}",
+        " | held {} direct {} keep {} stale {} ghosts {} rescues {} rescued {} bypassed {} reenqueued {} urgent {} (missed: burst {} sleep {} backlog {} cpu {} key {}) quiet {} resumed {}",
         v.held,
         v.direct_dispatches,
         v.keep_running,
@@ -352,6 +352,7 @@ pub fn line(s: &Snapshot) -> String {
         v.urgent_missed_sleep,
         v.urgent_missed_backlog,
         v.urgent_missed_cpu,
+        v.urgent_missed_key,
         v.quiet_records,
         v.resumed
     ));

@@ -441,6 +441,7 @@ impl Kernel for BpfKernel<'_> {
             urgent_missed_sleep: atomic_load(&b.nr_urgent_missed_sleep),
             urgent_missed_backlog: atomic_load(&b.nr_urgent_missed_backlog),
             urgent_missed_cpu: atomic_load(&b.nr_urgent_missed_cpu),
+            urgent_missed_key: atomic_load(&b.nr_urgent_missed_key),
             quiet_records: atomic_load(&b.nr_quiet_records),
             resumed: atomic_load(&b.nr_resumed),
         }

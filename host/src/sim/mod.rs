@@ -68,6 +68,8 @@ struct Task {
     decided: bool,
     /// The host has decided on it at least once: `vtime` is its key.
     keyed: bool,
+    /// `exec_runtime` when its key was given (`key_ran` in main.bpf.c).
+    key_exec: u64,
     /// Slice left when it was last preempted (0: it was not).
     resume: u64,
     /// Since when the host holds it (its record was sent, no decision yet).
@@ -330,6 +332,7 @@ impl Simulator {
                     queued_on_dsq: false,
                     decided: false,
                     keyed: false,
+                    key_exec: 0,
                     resume: 0,
                     held_since: None,
                     allowed: g.cpus.clone(),
@@ -548,6 +551,7 @@ impl Simulator {
             queued_on_dsq: false,
             decided: false,
             keyed: false,
+            key_exec: 0,
             resume: 0,
             held_since: None,
             forked: true,
@@ -723,7 +727,7 @@ impl Simulator {
     /// a task the plugin has keyed, of a covered class, whose last run was
     /// short and who slept at least twice that long, without a backlog,
     /// runs at once on an idle CPU or in place of a task with a later
-    /// vtime; false leaves it to the host.
+    /// current key; false leaves it to the host.
     fn urgent(&mut self, i: usize) -> bool {
         let Some(rule) = self.preemption else {
             return false;
@@ -738,14 +742,16 @@ impl Simulator {
         {
             return false;
         }
-        let (prev, vtime) = (t.prev_cpu, t.vtime);
+        let (prev, key) = (t.prev_cpu, self.current_key(i, 0));
         let n = self.cpus.len() as u32;
         let target = self.idle_cpu_for(i, prev).or_else(|| {
             (0..n.min(PREEMPT_SCAN)).map(|k| (prev + k) % n).find(|&c| {
                 let cpu = &self.cpus[c as usize];
                 !cpu.rt_busy
                     && self.can_run(i, c)
-                    && cpu.current.is_some_and(|cur| self.tasks[cur].vtime > vtime)
+                    && cpu.current.is_some_and(|cur| {
+                        self.current_key(cur, self.now.saturating_sub(cpu.started)) > key
+                    })
             })
         });
         let Some(c) = target else {
@@ -767,6 +773,15 @@ impl Simulator {
             self.next_on(c);
         }
         true
+    }
+
+    /// A task's key as it stands now (`current_key` in main.bpf.c): its last
+    /// decision's key advanced by what it ran since, weighted; `running` is
+    /// how long its current run has lasted (0 when it is not running).
+    fn current_key(&self, i: usize, running: u64) -> u64 {
+        let t = &self.tasks[i];
+        let ran = t.exec_runtime.saturating_sub(t.key_exec) + running;
+        t.vtime + ran.saturating_mul(100) / t.weight.max(1)
     }
 
     /// The task running on `cpu` is preempted: it keeps what is left of its
@@ -1176,6 +1191,7 @@ impl Kernel for Simulator {
         // outside the window, so not counted for or against it.
         t.decided = d.flags & DISPATCH_PREEMPT == 0;
         t.keyed = true;
+        t.key_exec = t.exec_runtime;
         t.vtime = d.vtime;
         t.slice = d.slice_ns.max(1);
         t.queued_on_dsq = true;
