@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 mod aging;
+mod clock;
 mod module;
 mod sched;
 mod scheduler;
@@ -21,6 +22,7 @@ pub mod testing;
 pub use abi_stable;
 
 pub use aging::AgingPool;
+pub use clock::VirtualClock;
 pub use module::{make_module, PluginMod, PluginModRef};
 pub use sched::{HostCtx, HostServices, Sched};
 pub use scheduler::{

@@ -18,8 +18,8 @@
 use std::collections::HashMap;
 
 use plugin_api::{
-    AgingPool, CpuTarget, CustomScheduler, QueuedTask, Sched, WakeupPreemption, ENQ_SLEPT,
-    ENQ_WAKEUP, WEIGHT_NICE_0,
+    AgingPool, CpuTarget, CustomScheduler, QueuedTask, Sched, VirtualClock, WakeupPreemption,
+    ENQ_SLEPT, ENQ_WAKEUP, WEIGHT_NICE_0,
 };
 use serde::Deserialize;
 
@@ -71,8 +71,9 @@ pub struct Deadline {
     /// By deadline, aged at `max_wait_ms`.
     pool: AgingPool,
     tasks: HashMap<i32, TaskState>,
-    /// The pack's virtual time: the vruntime of the last task picked.
-    vtime_now: u64,
+    /// The pack's virtual time: new tasks start at its frontier, sleepers'
+    /// credit counts from the vruntime of what last ran.
+    clock: VirtualClock,
     rounds: u64,
     preemptions: u64,
 }
@@ -88,14 +89,17 @@ impl Deadline {
     /// Updates the task's state from its record and returns its deadline.
     fn account(&mut self, t: &QueuedTask) -> u64 {
         let cfg = &self.cfg;
-        let now = self.vtime_now;
+        let frontier = self.clock.frontier();
         let st = self.tasks.entry(t.pid).or_insert(TaskState {
-            vruntime: now,
+            vruntime: frontier,
             runtime: t.exec_runtime,
             ..TaskState::default()
         });
         // Every run since the last record, not only the last one.
         let ran = t.ran_since(&mut st.runtime);
+        if ran > 0 {
+            self.clock.ran_from(st.vruntime);
+        }
         st.vruntime += Self::scaled(ran, t.weight);
         st.seen = self.rounds;
         if t.flags & (ENQ_WAKEUP | ENQ_SLEPT) == ENQ_SLEPT {
@@ -111,7 +115,7 @@ impl Deadline {
             // Bounded credit: a long sleep buys at most max_credit.
             st.vruntime = st
                 .vruntime
-                .max(now.saturating_sub(cfg.max_credit_us * 1000));
+                .max(self.clock.now().saturating_sub(cfg.max_credit_us * 1000));
         }
         let burst = st.avg_burst.max(st.burst).min(cfg.max_penalty_us * 1000);
         st.vruntime + Self::scaled(burst, t.weight)
@@ -128,7 +132,7 @@ impl Deadline {
     /// (out of deadline order) does not move the pack's virtual time.
     fn hand_over(&mut self, mut t: QueuedTask, deadline: u64, aged: bool) -> QueuedTask {
         if let Some(st) = self.tasks.get(&t.pid).filter(|_| !aged) {
-            self.vtime_now = self.vtime_now.max(st.vruntime);
+            self.clock.handed_out(st.vruntime);
         }
         // The kernel's shared queue is ordered by this: keep the deadline order.
         t.vtime = deadline;
@@ -151,7 +155,7 @@ impl CustomScheduler for Deadline {
             pool: AgingPool::new(cfg.max_wait_ms * 1_000_000),
             cfg,
             tasks: HashMap::new(),
-            vtime_now: 0,
+            clock: VirtualClock::default(),
             rounds: 0,
             preemptions: 0,
         })

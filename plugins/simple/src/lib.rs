@@ -2,7 +2,9 @@
 //!
 //! `mode = "vtime"` (default) orders the pool by weighted virtual time,
 //! charged with all the CPU time a task used since its last record; a task
-//! that slept gets at most one slice of credit, so sleepers run soon without
+//! that slept gets at most one slice of credit, counted from the vtime the
+//! latest task that ran started from (not from the vtimes handed out ahead
+//! of it, see `VirtualClock`), so sleepers run soon without
 //! starving others, and a task the plugin meets for the first time (a fork)
 //! starts at the pack's virtual time, never ahead of it. In vtime mode a task
 //! whose last run lasted at most `preempt_burst_us` (1000; 0: never) takes a
@@ -27,8 +29,8 @@
 use std::collections::{HashMap, VecDeque};
 
 use plugin_api::{
-    AgingPool, CpuTarget, CustomScheduler, QueuedTask, Sched, WakeupPreemption, ENQ_WAKEUP,
-    WEIGHT_NICE_0,
+    AgingPool, CpuTarget, CustomScheduler, QueuedTask, Sched, VirtualClock, WakeupPreemption,
+    ENQ_WAKEUP, WEIGHT_NICE_0,
 };
 use serde::Deserialize;
 
@@ -80,8 +82,9 @@ pub struct Simple {
     pool: Pool,
     slice_ns: u64,
     preempt_burst_ns: u64,
-    /// Smallest vtime handed out so far: the "now" of virtual time.
-    min_vtime: u64,
+    /// Virtual time's "now": forks start at its frontier, sleepers' credit
+    /// counts from what last ran.
+    clock: VirtualClock,
     arrivals: u64,
     /// Per task: its runtime at its last record, and the arrival it came with.
     runtimes: HashMap<i32, (u64, u64)>,
@@ -100,19 +103,23 @@ impl Simple {
         let Some((last, seen)) = self.runtimes.get_mut(&t.pid) else {
             // First record: a fork (whose kernel vtime starts at 0) or a task
             // that ran before we attached. Either starts with the pack.
-            t.vtime = t.vtime.max(self.min_vtime);
+            t.vtime = t.vtime.max(self.clock.frontier());
             self.remember(t.pid, t.exec_runtime, arrival);
             return;
         };
         *seen = arrival;
         let ran = t.ran_since(last);
+        // Its key (our last decision's) is where it ran from.
+        if ran > 0 {
+            self.clock.ran_from(t.vtime);
+        }
         if t.flags & ENQ_WAKEUP != 0 {
             let credit = if self.slice_ns > 0 {
                 self.slice_ns
             } else {
                 DEFAULT_CREDIT_NS
             };
-            t.vtime = t.vtime.max(self.min_vtime.saturating_sub(credit));
+            t.vtime = t.vtime.max(self.clock.now().saturating_sub(credit));
         }
         t.vtime += ran.saturating_mul(WEIGHT_NICE_0) / weight;
     }
@@ -147,7 +154,7 @@ impl CustomScheduler for Simple {
                 Mode::Fifo => Pool::Fifo(VecDeque::with_capacity(1024)),
             },
             slice_ns: s.slice_us * 1000,
-            min_vtime: 0,
+            clock: VirtualClock::default(),
             arrivals: 0,
             runtimes: HashMap::with_capacity(2 * REMEMBER),
         })
@@ -178,7 +185,7 @@ impl CustomScheduler for Simple {
                 // An aged pick is out of vtime order: virtual time's "now"
                 // does not jump to it.
                 if !aged {
-                    self.min_vtime = self.min_vtime.max(t.vtime);
+                    self.clock.handed_out(t.vtime);
                 }
                 Some(t)
             }
@@ -205,7 +212,7 @@ impl CustomScheduler for Simple {
             return None;
         }
         let (vtime, t) = m.pop_first()?;
-        self.min_vtime = self.min_vtime.max(vtime);
+        self.clock.handed_out(vtime);
         Some(t)
     }
 
@@ -318,6 +325,41 @@ mod tests {
         order_after(&mut s, vec![old, ran]);
         let picked = order_after(&mut s, vec![both]);
         assert_eq!(picked, vec![1, 2], "the fork must not jump the queue");
+    }
+
+    #[test]
+    fn a_sleeper_wakes_ahead_of_the_pack_not_of_a_hog_far_ahead() {
+        // Hogs 1-3 run 10 ms a round; hog 4 runs as much from 40 ms of
+        // vtime ahead (the VM showed one so, handed out last each round).
+        let mut s = Simple::new("slice_us = 5000").unwrap();
+        let mut host = TestHost::new(2);
+        let mut keys = HashMap::from([(1, 0), (2, 0), (3, 0), (4, 40_000_000)]);
+        let mut queue = vec![task(9, 0, 0, 100)];
+        for round in 0..10u64 {
+            for pid in 1..=4 {
+                queue.push(task(pid, keys[&pid], round * 10_000_000, 100));
+            }
+            host.queue = std::mem::take(&mut queue).into();
+            let picked: Vec<(i32, u64)> = Sched::with(&mut host, |sched| {
+                s.drain_queued_tasks(sched);
+                std::iter::from_fn(|| s.select_queued_task(sched))
+                    .map(|t| (t.pid, t.vtime))
+                    .collect()
+            });
+            keys.extend(picked.iter().copied());
+        }
+        // The sleeper wakes: it must rank before hogs 1-3, or the kernel's
+        // key check keeps it from preempting them.
+        let mut sleeper = task(9, keys[&9], 100_000, 100);
+        sleeper.flags = ENQ_WAKEUP;
+        host.queue = vec![sleeper].into();
+        let key = Sched::with(&mut host, |sched| {
+            s.drain_queued_tasks(sched);
+            s.select_queued_task(sched).map(|t| t.vtime)
+        })
+        .unwrap();
+        let pack = (1..=3).map(|p| keys[&p]).min().unwrap();
+        assert!(key < pack, "sleeper at {key}, pack from {pack}");
     }
 
     #[test]

@@ -32,8 +32,8 @@ mod config;
 use std::collections::{BTreeMap, HashMap};
 
 use plugin_api::{
-    CpuTarget, CustomScheduler, QueuedTask, Sched, WakeupPreemption, COMM_LEN, ENQ_SLEPT,
-    ENQ_WAKEUP, WEIGHT_NICE_0,
+    CpuTarget, CustomScheduler, QueuedTask, Sched, VirtualClock, WakeupPreemption, COMM_LEN,
+    ENQ_SLEPT, ENQ_WAKEUP, WEIGHT_NICE_0,
 };
 
 use config::{Settings, Strategy};
@@ -78,7 +78,9 @@ pub struct StrategyPolicy {
     pool: BTreeMap<Key, Pooled>,
     /// Arrival → pool key, to find the longest-waiting task.
     arrivals: BTreeMap<u64, Key>,
-    vtime_now: u64,
+    /// Virtual time: new tasks start at its frontier, sleepers' credit
+    /// counts from the vruntime of what last ran.
+    clock: VirtualClock,
     seq: u64,
     rounds: u64,
     /// Slice of the task most recently taken from the pool.
@@ -180,7 +182,7 @@ impl StrategyPolicy {
         let p = self.pool.remove(&key).expect("key from the pool");
         self.arrivals.remove(&key.2);
         if in_order {
-            self.vtime_now = self.vtime_now.max(key.1);
+            self.clock.handed_out(key.1);
         }
         self.last_slice = p.slice_ns;
         let mut t = p.task;
@@ -212,7 +214,7 @@ impl CustomScheduler for StrategyPolicy {
             tasks: HashMap::new(),
             pool: BTreeMap::new(),
             arrivals: BTreeMap::new(),
-            vtime_now: 0,
+            clock: VirtualClock::default(),
             seq: 0,
             rounds: 0,
             last_slice: 0,
@@ -228,24 +230,27 @@ impl CustomScheduler for StrategyPolicy {
         let now = sched.now_ns();
         while let Some(t) = sched.dequeue_task() {
             let strategy = self.classify(sched, &t);
-            let (credit, max_burst, vtime_now, rounds) = (
+            let (credit, max_burst, clock, rounds) = (
                 self.cfg.max_credit_ns,
                 self.cfg.max_burst_ns,
-                self.vtime_now,
+                &mut self.clock,
                 self.rounds,
             );
             let st = self.tasks.entry(t.pid).or_insert(TaskState {
-                vruntime: vtime_now,
+                vruntime: clock.frontier(),
                 runtime: t.exec_runtime,
                 ..Default::default()
             });
             // Every run since the last record, not only the last one.
             let ran = t.ran_since(&mut st.runtime);
+            if ran > 0 {
+                clock.ran_from(st.vruntime);
+            }
             st.vruntime += ran.saturating_mul(WEIGHT_NICE_0) / t.weight.max(1);
             st.seen = rounds;
             if t.flags & ENQ_WAKEUP != 0 {
                 st.burst = 0;
-                st.vruntime = st.vruntime.max(vtime_now.saturating_sub(credit));
+                st.vruntime = st.vruntime.max(clock.now().saturating_sub(credit));
             } else if t.flags & ENQ_SLEPT != 0 {
                 // It woke without us (straight onto a CPU) and has run since.
                 st.burst = t.burst_part(ran);

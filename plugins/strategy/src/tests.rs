@@ -229,7 +229,7 @@ fn an_aged_pick_does_not_move_virtual_time() {
     assert_eq!((first, p.aged), (Some(1), 1));
     // Virtual time's "now" stays with the pack, so a sleeper waking now
     // keeps its credit instead of landing behind the hog's 100 ms.
-    assert_eq!(p.vtime_now, 0);
+    assert_eq!(p.clock.frontier(), 0);
     host.queue.push_back(task(9, 9, "sleeper", 1));
     let order: Vec<i32> = run(&mut p, &mut host).iter().map(|r| r.0).collect();
     assert_eq!(order, [2, 9]);
