@@ -183,8 +183,11 @@ pub trait CustomScheduler: Send + Sized + 'static {
 /// class i, see [`CustomScheduler::task_class`]) whose last run lasted at
 /// most `max_burst_ns` — a task that ran longer (a hog) goes through the
 /// plugin as usual, which guards against churn. Such a task takes an idle
-/// CPU, or its last CPU unless an RT task or the host holds it; with
-/// neither, it goes through the plugin.
+/// CPU, or a CPU (its last one first) running a task it ranks before, by
+/// keys as they stand now: each one's last [`Decision::vtime`] advanced by
+/// the CPU time it used since, weighted as vtime (ns × 100 / weight). Never
+/// a CPU an RT task or the host holds; with none, it goes through the
+/// plugin.
 ///
 /// ```
 /// use plugin_api::WakeupPreemption;
