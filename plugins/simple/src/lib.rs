@@ -203,8 +203,7 @@ impl CustomScheduler for Simple {
         let Pool::Vtime(m) = &mut self.pool else {
             return None;
         };
-        if self.preempt_burst_ns == 0 || m.len() as u64 > 2 * sched.counters().nr_online_cpus.max(1)
-        {
+        if self.preempt_burst_ns == 0 || m.len() > 2 * sched.nr_cpus() as usize {
             return None;
         }
         let (_, t) = m.first()?;
