@@ -61,7 +61,6 @@ static long (*bpf_map_delete_elem)(void *map, const void *key) = (void *)BPF_FUN
 static long (*bpf_for_each_map_elem)(void *map, void *callback_fn, void *ctx, __u64 flags) = (void *)BPF_FUNC_for_each_map_elem;
 static long (*bpf_loop)(__u32 nr_loops, void *callback_fn, void *ctx, __u64 flags) = (void *)BPF_FUNC_loop;
 static __u64 (*bpf_ktime_get_ns)(void) = (void *)BPF_FUNC_ktime_get_ns;
-static __u32 (*bpf_get_smp_processor_id)(void) = (void *)BPF_FUNC_get_smp_processor_id;
 static void *(*bpf_ringbuf_reserve)(void *ringbuf, __u64 size, __u64 flags) = (void *)BPF_FUNC_ringbuf_reserve;
 static void (*bpf_ringbuf_submit)(void *data, __u64 flags) = (void *)BPF_FUNC_ringbuf_submit;
 static __u64 (*bpf_ringbuf_query)(void *ringbuf, __u64 flags) = (void *)BPF_FUNC_ringbuf_query;
@@ -386,21 +385,13 @@ static bool preemptible(s32 cpu, const struct task_struct *p, bool keyed)
  * preemptible: a bounded scan, in the order of their numbers. */
 #define PREEMPT_SCAN 8
 
-/*
- * A CPU p may use that is preemptible (by key, when keyed): the one this
- * wake-up runs on first, which needs no IPI (its waker, about to sleep, or
- * what a timer interrupted), then its last CPU and the next few in a
- * bounded scan. -1: none. Under single-threaded TCG, where another vCPU
- * sees an IPI only when it gets its turn, 58% of remote preemptions of a
- * request/response pair took over 2 ms and 2% of local ones did.
- */
+/* Its last CPU or one of the next few that p may use and that is
+ * preemptible (by key, when keyed): a bounded scan. -1: none. */
 static s32 busy_target(const struct task_struct *p, bool keyed)
 {
-	s32 prev = scx_bpf_task_cpu(p), here = bpf_get_smp_processor_id(), cpu;
+	s32 prev = scx_bpf_task_cpu(p), cpu;
 	u32 nr = scx_bpf_nr_cpu_ids(), i;
 
-	if (here != prev && bpf_cpumask_test_cpu(here, p->cpus_ptr) && preemptible(here, p, keyed))
-		return here;
 	for (i = 0; i < PREEMPT_SCAN && i < nr; i++) {
 		cpu = (prev + i) % nr;
 		if (bpf_cpumask_test_cpu(cpu, p->cpus_ptr) && preemptible(cpu, p, keyed))

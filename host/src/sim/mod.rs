@@ -204,9 +204,6 @@ pub struct Simulator {
     class_latency: Box<Latency>,
     /// The plugin's wake-up preemption rule, applied as the BPF side does.
     preemption: Option<plugin_api::WakeupPreemption>,
-    /// The CPU whose task is waking others now (None: a timer): BPF's
-    /// wake-up preemption looks there first.
-    waker_cpu: Option<u32>,
     /// Wake-ups that preempted by that rule.
     pub urgent_wakeups: u64,
     /// Runs of host decisions not yet known to be inversions, oldest first:
@@ -279,7 +276,6 @@ impl Simulator {
             latencies: Vec::new(),
             class_latency: Box::default(),
             preemption: None,
-            waker_cpu: None,
             urgent_wakeups: 0,
             recent_runs: VecDeque::new(),
             decided_runs: 0,
@@ -731,7 +727,7 @@ impl Simulator {
     /// a task the plugin has keyed, of a covered class, whose last run was
     /// short and who slept at least twice that long, without a backlog,
     /// runs at once on an idle CPU or in place of a task with a later
-    /// current key (the waker's CPU first); false leaves it to the host.
+    /// current key; false leaves it to the host.
     fn urgent(&mut self, i: usize) -> bool {
         let Some(rule) = self.preemption else {
             return false;
@@ -748,19 +744,15 @@ impl Simulator {
         }
         let (prev, key) = (t.prev_cpu, self.current_key(i, 0));
         let n = self.cpus.len() as u32;
-        // The waker's CPU first (no IPI to reach it), then the scan.
-        let here = self.waker_cpu.filter(|&c| c != prev);
         let target = self.idle_cpu_for(i, prev).or_else(|| {
-            here.into_iter()
-                .chain((0..n.min(PREEMPT_SCAN)).map(|k| (prev + k) % n))
-                .find(|&c| {
-                    let cpu = &self.cpus[c as usize];
-                    !cpu.rt_busy
-                        && self.can_run(i, c)
-                        && cpu.current.is_some_and(|cur| {
-                            self.current_key(cur, self.now.saturating_sub(cpu.started)) > key
-                        })
-                })
+            (0..n.min(PREEMPT_SCAN)).map(|k| (prev + k) % n).find(|&c| {
+                let cpu = &self.cpus[c as usize];
+                !cpu.rt_busy
+                    && self.can_run(i, c)
+                    && cpu.current.is_some_and(|cur| {
+                        self.current_key(cur, self.now.saturating_sub(cpu.started)) > key
+                    })
+            })
         });
         let Some(c) = target else {
             return false;
@@ -853,11 +845,9 @@ impl Simulator {
             } else {
                 self.requeue(i);
             }
-            self.waker_cpu = Some(cpu);
             for w in wakes {
                 self.wake(w);
             }
-            self.waker_cpu = None;
         } else if t.work_left == 0 {
             self.groups[t.group].runs += 1;
             t.state = State::Sleeping;
@@ -871,9 +861,7 @@ impl Simulator {
                 }
                 Behaviour::PingPong { .. } => {
                     if let Some(p) = partner {
-                        self.waker_cpu = Some(cpu);
                         self.wake(p);
-                        self.waker_cpu = None;
                     }
                 }
                 // Periodic tasks already have their next release queued.
@@ -905,12 +893,10 @@ impl Simulator {
         t.work_left = 0;
         self.groups[t.group].runtime_ns += ran;
         self.cpus[cpu as usize].started = self.now;
-        self.waker_cpu = Some(cpu);
         for w in self.message_done(i) {
             // A wake-up may preempt this very CPU.
             self.wake(w);
         }
-        self.waker_cpu = None;
         let c = &self.cpus[cpu as usize];
         if c.current != Some(i) {
             return true;
