@@ -254,10 +254,14 @@ if [ "$shared" = yes ]; then
   # preemption rule applied in BPF: a strategy with a priority targets the
   # probe beside CPU hogs, and three rivals (the same program under another
   # name) stay unmatched. The probe's class counts its wake-ups, some of which
-  # preempted in the kernel without the host ("urgent"), and its p99 is below
-  # the unmatched class's; --explain, run meanwhile, names both. The probe
-  # and the rivals run in cgroups of their own: the per-cgroup figures
-  # track both, the probe's p99 below the rivals'.
+  # preempted in the kernel without the host ("urgent"), and the unmatched
+  # class has figures of its own; --explain, run meanwhile, names both. The
+  # probe and the rivals run in cgroups of their own: the per-cgroup figures
+  # track both, the probe's p99 below the rivals'. That is where the
+  # priority shows: the unmatched class mixes the rivals with the hogs and
+  # everything else, and since unmatched sleepers preempt hogs too (07a269c)
+  # both classes sit at the emulator's timer floor (5.4 against 5.0 ms and
+  # 6.0 against 5.6 ms in two CI runs), so their order is noise.
   log=$logs/classes.log
   cfg=$(config classes strategy "[[plugin.strategy]]
   name = 'probe'
@@ -299,7 +303,7 @@ if [ "$shared" = yes ]; then
   urgent=$(echo "$mon" | grep -a " up " | field urgent)
   named() { awk -v pid="$1" -v class="$2" '$2 == pid && $4 == class { found = 1 } END { exit !found }' "$work/explain.out"; }
   if [ "${pw:-0}" -gt 100 ] && [ "${urgent:-0}" -gt 0 ] && echo "$other_line" | grep -q "wakeups [1-9]" &&
-    [ -n "$p99" ] && [ -n "$o99" ] && [ "$p99" -lt "$o99" ]; then
+    [ -n "$p99" ] && [ -n "$o99" ]; then
     ok "per-class wake-up latency: ${probe_line# }; ${other_line# }; $urgent urgent wake-ups"
   else
     fail "per-class wake-up latency" "urgent '$urgent'; probe p99 '$p99' µs vs unmatched '$o99' µs; probe: '$probe_line'; unmatched: '$other_line'"
