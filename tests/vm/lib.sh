@@ -8,6 +8,10 @@ failed=0
 ok() { echo "ok - $1"; passed=$((passed + 1)); }
 fail() { echo "FAIL - $1: $2"; failed=$((failed + 1)); }
 state() { cat $scx/state 2>/dev/null; }
+# A progress mark on the kernel console, where tests/vm/run looks when a boot
+# times out (tests/vm/tests boots again only when the last mark says no
+# scheduler of ours was in charge: "rthulhu-vm: scheduler eevdf").
+mark() { echo "rthulhu-vm: $*" >/dev/console 2>/dev/null; }
 
 # Waits up to $2 tenths of a second (default 100) for the sched_ext state $1.
 wait_state() {

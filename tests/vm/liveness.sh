@@ -180,9 +180,11 @@ counter() { local v; v=$(stat_of "$1" "$2"); echo "${v:-0}"; }
 for s in "${scheds[@]}"; do
 	log=$logs/liveness-$s.log
 	host_pid=
+	mark "scheduler $s"
 	for c in "${cases[@]}"; do
 		name="liveness: ${title[$c]:-$c}"
 		[ "$ncpu" -gt 2 ] && name="liveness: $ncpu vCPUs: ${title[$c]:-$c}"
+		mark "$name [$s] starts"
 		if [ "$c" = staggered ]; then
 			stop_sched "$log"
 			host_pid=

@@ -42,6 +42,7 @@ config() { # config NAME PLUGIN TABLE → path of a config file
 
 
 for p in "${plugins[@]}"; do
+  mark "scheduler $p"
   # attach: enabled under our name, SIGINT detaches cleanly.
   log=$logs/attach-$p.log
   start_host "$log" --plugin "$(plugin_path "$p")"
@@ -106,6 +107,7 @@ for p in "${plugins[@]}"; do
 done
 
 if [ "$shared" = yes ]; then
+  mark "scheduler shared (the host with test plugins)"
   # Observability: the JSON socket (root only), --monitor, Prometheus on loopback.
   ip link set lo up 2>/dev/null || busybox ifconfig lo 127.0.0.1 up 2>/dev/null
   log=$logs/stats.log
