@@ -203,7 +203,8 @@ impl CustomScheduler for Simple {
         let Pool::Vtime(m) = &mut self.pool else {
             return None;
         };
-        if self.preempt_burst_ns == 0 || m.len() > 2 * sched.nr_cpus() as usize {
+        let cpus = sched.counters().nr_online_cpus.max(1);
+        if self.preempt_burst_ns == 0 || m.len() as u64 > 2 * cpus {
             return None;
         }
         let (_, t) = m.first()?;
