@@ -206,6 +206,9 @@ pub struct Simulator {
     preemption: Option<plugin_api::WakeupPreemption>,
     /// Wake-ups that preempted by that rule.
     pub urgent_wakeups: u64,
+    /// The CPU whose running task is waking others, if any: the CPU the
+    /// BPF side's wake-up runs on, which its preemption tries first.
+    waking_on: Option<u32>,
     /// Runs of host decisions not yet known to be inversions, oldest first:
     /// (start, key); kept while a task held since before them may still
     /// turn out to rank ahead of them.
@@ -277,6 +280,7 @@ impl Simulator {
             class_latency: Box::default(),
             preemption: None,
             urgent_wakeups: 0,
+            waking_on: None,
             recent_runs: VecDeque::new(),
             decided_runs: 0,
             inversions: 0,
@@ -744,15 +748,19 @@ impl Simulator {
         }
         let (prev, key) = (t.prev_cpu, self.current_key(i, 0));
         let n = self.cpus.len() as u32;
+        // The waker's CPU first (no IPI), then the last one and the next few.
+        let here = self.waking_on.filter(|&c| c != prev);
         let target = self.idle_cpu_for(i, prev).or_else(|| {
-            (0..n.min(PREEMPT_SCAN)).map(|k| (prev + k) % n).find(|&c| {
-                let cpu = &self.cpus[c as usize];
-                !cpu.rt_busy
-                    && self.can_run(i, c)
-                    && cpu.current.is_some_and(|cur| {
-                        self.current_key(cur, self.now.saturating_sub(cpu.started)) > key
-                    })
-            })
+            here.into_iter()
+                .chain((0..n.min(PREEMPT_SCAN)).map(|k| (prev + k) % n))
+                .find(|&c| {
+                    let cpu = &self.cpus[c as usize];
+                    !cpu.rt_busy
+                        && self.can_run(i, c)
+                        && cpu.current.is_some_and(|cur| {
+                            self.current_key(cur, self.now.saturating_sub(cpu.started)) > key
+                        })
+                })
         });
         let Some(c) = target else {
             return false;
@@ -893,10 +901,12 @@ impl Simulator {
         t.work_left = 0;
         self.groups[t.group].runtime_ns += ran;
         self.cpus[cpu as usize].started = self.now;
+        self.waking_on = Some(cpu);
         for w in self.message_done(i) {
             // A wake-up may preempt this very CPU.
             self.wake(w);
         }
+        self.waking_on = None;
         let c = &self.cpus[cpu as usize];
         if c.current != Some(i) {
             return true;
