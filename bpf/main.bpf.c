@@ -368,12 +368,18 @@ static u64 current_key(const struct task_struct *p, bool running, u64 now)
 /* Whether a task whose key is now `key` may take cpu from whatever runs
  * there: not from an RT/DL task, nor from the host (that would delay every
  * decision), and, when keyed, only from a task the plugin would rank after
- * it now (current_key). */
+ * it now (current_key). Not while a task already waits in its local queue
+ * to run next: with ALWAYS_ENQ_IMMED one of the two would be handed back to
+ * the fallback queue (a waker that wakes several tasks finds its own CPU
+ * first for each). The count may lag an insert from another CPU: then one
+ * task goes to the fallback queue, as before. */
 static bool preemptible(s32 cpu, u64 key, bool keyed, u64 now)
 {
 	struct task_struct *curr;
 	bool ok;
 
+	if (scx_bpf_dsq_nr_queued(SCX_DSQ_LOCAL_ON | cpu))
+		return false;
 	bpf_rcu_read_lock();
 	curr = scx_bpf_cpu_curr(cpu);
 	ok = curr && curr->prio >= MAX_RT_PRIO && curr->tgid != usersched_tgid &&

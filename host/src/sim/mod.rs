@@ -755,7 +755,10 @@ impl Simulator {
                 .chain((0..n.min(PREEMPT_SCAN)).map(|k| (prev + k) % n))
                 .find(|&c| {
                     let cpu = &self.cpus[c as usize];
+                    // Not where a task already waits to run next (BPF:
+                    // its local queue is not empty).
                     !cpu.rt_busy
+                        && cpu.local.is_empty()
                         && self.can_run(i, c)
                         && cpu.current.is_some_and(|cur| {
                             self.current_key(cur, self.now.saturating_sub(cpu.started)) > key
