@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0 OR MIT
-# Inside the VM (see tests/bench/agreement/run): each plugin in turn, the
-# agreement workloads REPS times; prints "RESULT plugin workload value" lines.
+# Inside the VM (see tests/bench/agreement/run): EEVDF (no host attached, the
+# reference) and then each plugin in turn, the agreement workloads REPS
+# times; prints "RESULT plugin workload value" lines.
 # Usage: guest.sh BIN_DIR REPS PLUGIN...
 set -u
 bin=$1 reps=$2
@@ -10,10 +11,8 @@ repo=$(cd "$(dirname "$0")/../../.." && pwd)
 . "$repo/tests/vm/lib.sh"
 cd "$(mktemp -d)" || exit 1
 p99() { sed -n 's/.*late_p99_us \([0-9]*\).*/\1/p'; }
-for p in "$@"; do
-  "$bin/host" --config "$repo/configs/$p.toml" > "host-$p.log" 2>&1 &
-  h=$!
-  wait_state enabled 200 || { echo "agreement: $p did not attach" >&2; continue; }
+workloads() {
+  local p=$1
   for _ in $(seq "$reps"); do
     # Wait for the load only: a bare `wait` would also wait for the host.
     stress-ng --cpu 4 -t 8 > /dev/null 2>&1 &
@@ -27,6 +26,13 @@ for p in "$@"; do
     echo "RESULT $p churn $("$bin/probe" 10 8 | p99)"
     wait $load
   done
+}
+workloads eevdf
+for p in "$@"; do
+  "$bin/host" --config "$repo/configs/$p.toml" > "host-$p.log" 2>&1 &
+  h=$!
+  wait_state enabled 200 || { echo "agreement: $p did not attach" >&2; continue; }
+  workloads "$p"
   [ "$(state)" = enabled ] || echo "RESULT $p ejected 1"
   kill -INT $h
   wait $h
