@@ -11,8 +11,14 @@
 /* Dispatch target meaning "any CPU" (the shared queue). */
 #define RTHULHU_CPU_ANY (-1)
 
-/* Queue the host's decisions for "any CPU" go to, ordered by the plugin's vtime. */
-#define RTHULHU_SHARED_DSQ 0ULL
+/*
+ * Queues the host's decisions for "any CPU" go to, one per last-level cache
+ * (RTHULHU_SHARED_DSQ + its index; the host reads from sysfs which CPUs
+ * share one), each ordered by the plugin's vtime.
+ */
+#define RTHULHU_SHARED_DSQ 2ULL
+/* Last-level caches with a queue of their own; more share them round-robin. */
+#define RTHULHU_MAX_LLCS 64
 /*
  * Queue of tasks that do not wait for the host: kernel threads, tasks handed
  * back from a CPU a higher class took, and tasks rescued from a late host.

@@ -6,8 +6,11 @@
  * Who waits on user space. Ordinary tasks: enqueue sends a record to the
  * host ("queued" ring) and the task is *held* until the host's decision comes
  * back through the "dispatched" user ring, is drained by ops.dispatch and
- * inserted into the shared queue (ordered by the plugin's vtime) or a CPU's
- * local queue. Never: the host's own threads (it cannot wait on itself),
+ * inserted into a shared queue (ordered by the plugin's vtime) or a CPU's
+ * local queue. There is a shared queue per last-level cache: a decided task
+ * goes to its last CPU's, and a CPU serves its own first and takes from the
+ * others only when its own is empty (so the plugin's order holds within a
+ * cache, and across caches within the look-ahead window). Never: the host's own threads (it cannot wait on itself),
  * kernel threads (memory reclaim, RCU, writeback and the sched_ext watchdog's
  * work item run in them, and the host's syscalls may wait on any of them),
  * tasks handed back from a CPU they could not run on at once (an RT/DL task
@@ -108,6 +111,9 @@ const volatile bool builtin_idle = true; /* use the kernel's idle-CPU pick */
  * that hoards must not get the scheduler ejected); the host sets it to a
  * quarter of the watchdog's timeout. */
 const volatile u64 max_hold_ns = 1250000000;
+/* Last-level caches (at least 1) and each CPU's, from sysfs. */
+const volatile u32 nr_llcs = 1;
+const volatile u32 cpu_llc[RTHULHU_MAX_CPUS];
 
 /* --- written by the host --------------------------------------------------- */
 
@@ -273,11 +279,62 @@ static __always_inline u64 pending_records(void)
 	return bpf_ringbuf_query(&queued, BPF_RB_AVAIL_DATA) / sizeof(struct rthulhu_queued);
 }
 
+/* The shared queue of cpu's last-level cache. */
+static __always_inline u64 shared_dsq(s32 cpu)
+{
+	u32 llc = cpu >= 0 && cpu < RTHULHU_MAX_CPUS ? cpu_llc[cpu] : 0;
+
+	return RTHULHU_SHARED_DSQ + (llc < nr_llcs && llc < RTHULHU_MAX_LLCS ? llc : 0);
+}
+
+/* Tasks in all the shared queues. */
+static u64 shared_queued(void)
+{
+	u64 n = 0;
+	u32 i;
+
+	for (i = 0; i < RTHULHU_MAX_LLCS && i < nr_llcs; i++)
+		n += scx_bpf_dsq_nr_queued(RTHULHU_SHARED_DSQ + i);
+	return n;
+}
+
+/* The shared queue p goes to: its last CPU's, or, when it may no longer run
+ * there (its affinity changed), that of a CPU it may use, so that the CPUs
+ * of that queue's cache can run it. */
+static u64 task_shared_dsq(const struct task_struct *p)
+{
+	s32 cpu = scx_bpf_task_cpu(p);
+
+	if (nr_llcs <= 1)
+		return RTHULHU_SHARED_DSQ;
+	if (!bpf_cpumask_test_cpu(cpu, p->cpus_ptr))
+		cpu = scx_bpf_pick_any_cpu(p->cpus_ptr, 0);
+	return shared_dsq(cpu);
+}
+
+/*
+ * Moves the next task of this CPU's shared queue, or else of another
+ * cache's (bounded: one look at each of at most RTHULHU_MAX_LLCS queues),
+ * to this CPU. Stealing only from an empty own queue keeps tasks near their
+ * caches while no CPU idles for lack of a task queued elsewhere.
+ */
+static bool move_shared(s32 cpu)
+{
+	u64 own = shared_dsq(cpu) - RTHULHU_SHARED_DSQ;
+	u32 i;
+
+	if (scx_bpf_dsq_move_to_local(RTHULHU_SHARED_DSQ + own))
+		return true;
+	for (i = 1; i < RTHULHU_MAX_LLCS && i < nr_llcs; i++)
+		if (scx_bpf_dsq_move_to_local(RTHULHU_SHARED_DSQ + (own + i) % nr_llcs))
+			return true;
+	return false;
+}
+
 /* Nothing waits for a CPU in our custody: a waking task may take an idle one. */
 static __always_inline bool nothing_waits(void)
 {
-	return !nr_held && !scx_bpf_dsq_nr_queued(RTHULHU_FALLBACK_DSQ) &&
-	       !scx_bpf_dsq_nr_queued(RTHULHU_SHARED_DSQ);
+	return !nr_held && !scx_bpf_dsq_nr_queued(RTHULHU_FALLBACK_DSQ) && !shared_queued();
 }
 
 /*
@@ -314,8 +371,7 @@ static __always_inline bool quiet_record(void)
 {
 	u64 nr = scx_bpf_nr_cpu_ids();
 
-	return nr_held > 2 * nr && !nr_idle_cpus &&
-	       scx_bpf_dsq_nr_queued(RTHULHU_SHARED_DSQ) >= nr;
+	return nr_held > 2 * nr && !nr_idle_cpus && shared_queued() >= nr;
 }
 
 /* Wakes an idle CPU that may run p, its last CPU first; false if none is idle. */
@@ -602,8 +658,7 @@ static bool urgent_wakeup(struct task_struct *p, struct task_ctx *tctx, u64 enq_
 	}
 	/* With a backlog (hackbench-like loads: every task short) preempting
 	 * only churns, and the woken task would wait behind the others anyway. */
-	if (nr_held + scx_bpf_dsq_nr_queued(RTHULHU_SHARED_DSQ) >
-	    2 * (u64)scx_bpf_nr_cpu_ids()) {
+	if (nr_held + shared_queued() > 2 * (u64)scx_bpf_nr_cpu_ids()) {
 		__sync_fetch_and_add(&nr_urgent_missed_backlog, 1);
 		return false;
 	}
@@ -646,7 +701,7 @@ static bool resume_preempted(struct task_struct *p, u64 enq_flags)
 	/* The plugin chose it: it counts in the look-ahead window until it runs. */
 	if (__sync_val_compare_and_swap(&tctx->inflight, 0, 1) == 0)
 		__sync_fetch_and_add(&nr_inflight, 1);
-	scx_bpf_dsq_insert_vtime(p, RTHULHU_SHARED_DSQ, slice, p->scx.dsq_vtime, enq_flags);
+	scx_bpf_dsq_insert_vtime(p, task_shared_dsq(p), slice, p->scx.dsq_vtime, enq_flags);
 	__sync_fetch_and_add(&nr_resumed, 1);
 	kick_idle_cpu(p);
 	return true;
@@ -766,8 +821,7 @@ static long dispatch_one(struct bpf_dynptr *dynptr, struct drain_ctx *dc)
 	struct rthulhu_dispatched d;
 	struct task_struct *p;
 	struct task_ctx *tctx;
-	u64 dsq = RTHULHU_SHARED_DSQ;
-	bool preempt;
+	bool preempt, shared = true;
 	s32 cpu;
 
 	if (bpf_dynptr_read(&d, sizeof(d), dynptr, 0, 0))
@@ -801,25 +855,26 @@ static long dispatch_one(struct bpf_dynptr *dynptr, struct drain_ctx *dc)
 	if (cpu >= 0) {
 		/* Not there: the task may not run on it, or an RT/DL task holds it. */
 		if (bpf_cpumask_test_cpu(cpu, p->cpus_ptr) && !cpu_taken(cpu))
-			dsq = SCX_DSQ_LOCAL_ON | cpu;
+			shared = false;
 		else
 			__sync_fetch_and_add(&nr_bounce_dispatches, 1);
 	}
 	tctx->inflight = 1;
 	__sync_fetch_and_add(&nr_inflight, 1);
 	/*
-	 * The shared queue is ordered by the plugin's vtime, so a task the
+	 * The shared queues are ordered by the plugin's vtime, so a task the
 	 * plugin ranks higher overtakes ones it handed over earlier.
 	 */
-	if (dsq == RTHULHU_SHARED_DSQ) {
-		scx_bpf_dsq_insert_vtime(p, dsq, d.slice_ns, d.vtime, d.flags);
+	if (shared) {
+		scx_bpf_dsq_insert_vtime(p, task_shared_dsq(p), d.slice_ns, d.vtime, d.flags);
 		/* No idle CPU for an urgent task: take its last CPU now, not at the next tick. */
 		if (!kick_idle_cpu(p) && preempt)
 			scx_bpf_kick_cpu(scx_bpf_task_cpu(p), SCX_KICK_PREEMPT);
 	} else {
 		scx_bpf_task_set_dsq_vtime(p, d.vtime);
 		/* As for urgent wake-ups: SCX_ENQ_PREEMPT kicks the CPU itself. */
-		scx_bpf_dsq_insert(p, dsq, d.slice_ns, d.flags | (preempt ? SCX_ENQ_PREEMPT : 0));
+		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL_ON | cpu, d.slice_ns,
+				   d.flags | (preempt ? SCX_ENQ_PREEMPT : 0));
 		if (!preempt)
 			scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
 	}
@@ -861,6 +916,7 @@ static long rescue_one(void *map, s32 *pid, struct held_task *h, struct rescue_c
 SEC("struct_ops/rthulhu_dispatch")
 int rthulhu_dispatch(unsigned long long *ctx)
 {
+	s32 cpu = ctx[0];
 	struct drain_ctx dc = { .slots = scx_bpf_dispatch_nr_slots() };
 
 	/* One CPU at a time rescues what a late host left waiting. */
@@ -885,11 +941,9 @@ int rthulhu_dispatch(unsigned long long *ctx)
 	 * interactive task), nor the host's queue hold back what waited longest.
 	 */
 	if (__sync_fetch_and_add(&dispatch_turn, 1) & 1) {
-		if (scx_bpf_dsq_move_to_local(RTHULHU_SHARED_DSQ) ||
-		    scx_bpf_dsq_move_to_local(RTHULHU_FALLBACK_DSQ))
+		if (move_shared(cpu) || scx_bpf_dsq_move_to_local(RTHULHU_FALLBACK_DSQ))
 			goto refill;
-	} else if (scx_bpf_dsq_move_to_local(RTHULHU_FALLBACK_DSQ) ||
-		   scx_bpf_dsq_move_to_local(RTHULHU_SHARED_DSQ)) {
+	} else if (scx_bpf_dsq_move_to_local(RTHULHU_FALLBACK_DSQ) || move_shared(cpu)) {
 		goto refill;
 	}
 	/* This CPU has nothing to run: if the host holds tasks, it must decide now. */
@@ -898,8 +952,7 @@ int rthulhu_dispatch(unsigned long long *ctx)
 	return 0;
 refill:
 	/* Quiet records wait: wake the host once the CPUs' next tasks run low. */
-	if (host_unnotified && nr_held &&
-	    scx_bpf_dsq_nr_queued(RTHULHU_SHARED_DSQ) < scx_bpf_nr_cpu_ids())
+	if (host_unnotified && nr_held && shared_queued() < scx_bpf_nr_cpu_ids())
 		wake_host(true);
 	return 0;
 }
@@ -1101,7 +1154,7 @@ static int heartbeat_fn(void *map, int *key, struct heartbeat *hb)
 	if (bypass && !host_late)
 		bypass = 0;
 	nr_queued = pending_records();
-	nr_shared_queued = scx_bpf_dsq_nr_queued(RTHULHU_SHARED_DSQ);
+	nr_shared_queued = shared_queued();
 	nr_fallback_queued = scx_bpf_dsq_nr_queued(RTHULHU_FALLBACK_DSQ);
 	bpf_loop(RTHULHU_MAX_CPUS, scan_cpu, &s, 0);
 	if (nr_held && (host_late || s.late)) {
@@ -1152,10 +1205,13 @@ s32 rthulhu_init(unsigned long long *ctx)
 	u32 key = 0;
 	struct heartbeat *hb;
 	s32 err;
+	u32 i;
 
-	err = scx_bpf_create_dsq(RTHULHU_SHARED_DSQ, -1);
-	if (err)
-		return err;
+	for (i = 0; i < RTHULHU_MAX_LLCS && i < nr_llcs; i++) {
+		err = scx_bpf_create_dsq(RTHULHU_SHARED_DSQ + i, -1);
+		if (err)
+			return err;
+	}
 	err = scx_bpf_create_dsq(RTHULHU_FALLBACK_DSQ, -1);
 	if (err)
 		return err;

@@ -19,3 +19,4 @@ pub mod safety;
 pub mod sim;
 pub mod stats;
 pub mod stats_server;
+pub mod topology;

@@ -287,3 +287,28 @@ fn only_the_look_ahead_window_runs_tasks_out_of_the_plugins_order() {
         "{some} of {runs} runs out of order with a look-ahead of 1"
     );
 }
+
+#[test]
+fn a_cache_whose_queue_is_empty_takes_from_the_others() {
+    // 5 hogs on 4 CPUs in 2 caches: 3 start in the first cache, 2 in the
+    // second. Without taking from the other cache's queue, the first three
+    // would share 2 CPUs (2/3 each) while the other two had one each.
+    let mut text = String::from("cpus = 4\nllcs = 2\nduration_ms = 3000\n");
+    for h in 0..5 {
+        text += &format!(
+            "[[group]]\nname = \"h{h}\"\ncount = 1\nbehaviour = {{ kind = \"cpu-bound\" }}\n"
+        );
+    }
+    let (out, r) = simulate("simple", "mode = \"vtime\"", &workload("two-caches", &text));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(r["ejected"], false, "{r}");
+    let shares: Vec<f64> = (0..5)
+        .map(|h| group(&r, &format!("h{h}"))["cpu_share"].as_f64().unwrap())
+        .collect();
+    let total: f64 = shares.iter().sum();
+    assert!(total > 0.97, "CPUs idled: {total:.3} of the machine used");
+    let (min, max) = shares
+        .iter()
+        .fold((1.0f64, 0.0f64), |(a, b), &s| (a.min(s), b.max(s)));
+    assert!(min / max > 0.85, "unfair across caches: {shares:?}");
+}

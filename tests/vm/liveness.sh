@@ -182,6 +182,24 @@ declare -A title=(
 )
 declare -A probe_s=([staggered]=40 [fork]=11 [rt]=11 [pinned]=11 [herd]=11 [stopped]=11)
 
+# How many last-level caches the guest's sysfs describes (1 when none): the
+# host keeps a shared queue per cache (host/src/topology.rs).
+llc_count() {
+	local c d best lists=
+	for c in /sys/devices/system/cpu/cpu[0-9]*/cache; do
+		best=
+		for d in "$c"/index*; do
+			[ "$(cat "$d/type" 2>/dev/null)" = Instruction ] && continue
+			if [ -z "$best" ] || [ "$(cat "$d/level")" -gt "$(cat "$best/level")" ]; then
+				best=$d
+			fi
+		done
+		[ -n "$best" ] && lists="$lists$(cat "$best/shared_cpu_list")"$'\n'
+	done
+	c=$(printf '%s' "$lists" | sort -u | grep -c .)
+	echo $((c > 0 ? c : 1))
+}
+
 # Counter $2 of the host log $1, 0 when there is none yet.
 counter() { local v; v=$(stat_of "$1" "$2"); echo "${v:-0}"; }
 
@@ -264,6 +282,17 @@ for s in "${scheds[@]}"; do
 			ok "$name [$s]: $figures"
 		fi
 	done
+	if [ "$s" != eevdf ] && [ -f "$log" ]; then
+		want=$(llc_count)
+		got=$(sed -n 's/.*last_level_caches=\([0-9]*\).*/\1/p' "$log" | tail -1)
+		name="liveness: shared queues [$s]"
+		[ "$ncpu" -gt 2 ] && name="liveness: $ncpu vCPUs: shared queues [$s]"
+		if [ "${got:-none}" = "$want" ]; then
+			ok "$name: one per last-level cache, $got"
+		else
+			fail "$name" "the host made ${got:-no word on} shared queues, the guest has $want last-level caches"
+		fi
+	fi
 	stop_sched "$log"
 	if [ "$s" != eevdf ] && [ -n "$host_pid" ] && [ "$host_rc" -ne 0 ]; then
 		fail "liveness: $s detaches cleanly" "host exit $host_rc: $(tail -3 "$log")"

@@ -175,6 +175,17 @@ impl<'obj> BpfKernel<'obj> {
         ro.builtin_idle = opts.builtin_idle;
         // A held task is rescued after a quarter of the watchdog's timeout.
         ro.max_hold_ns = u64::from(opts.timeout_ms) * 1_000_000 / 4;
+        // A shared queue per last-level cache.
+        let llcs = crate::topology::read(std::path::Path::new("/sys/devices/system/cpu"))
+            .map_err(KernelError)?;
+        ro.nr_llcs = llcs.count;
+        for (slot, &llc) in ro.cpu_llc.iter_mut().zip(&llcs.of_cpu) {
+            *slot = llc;
+        }
+        tracing::info!(
+            last_level_caches = llcs.count,
+            "one shared queue per last-level cache"
+        );
         let ops = open.struct_ops.rthulhu_ops_mut();
         ops.timeout_ms = opts.timeout_ms;
         // The kernel writes its debug dump (tasks, queues) for ops.exit.

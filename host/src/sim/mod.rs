@@ -1,5 +1,6 @@
 //! A deterministic discrete-event model of the kernel side of sched_ext:
-//! CPUs with local dispatch queues, a shared queue, a kernel-to-host queue
+//! CPUs with local dispatch queues, a shared queue per last-level cache
+//! (taken from by other caches' CPUs when theirs is empty), a kernel-to-host queue
 //! of bounded size, slices that expire, wake-ups and sleeps, the real path's
 //! heartbeat and rescue (a CPU idle for a heartbeat while the host holds
 //! tasks moves them to a kernel-ordered fallback queue, served in turn with
@@ -151,8 +152,13 @@ pub struct Simulator {
     events: BinaryHeap<Reverse<(u64, u64, Event)>>,
     tasks: Vec<Task>,
     cpus: Vec<Cpu>,
-    /// The shared queue, ordered by (vtime, arrival) like a vtime DSQ.
-    shared: BTreeMap<(u64, u64), usize>,
+    /// The shared queues, one per last-level cache, each ordered by
+    /// (vtime, arrival) like a vtime DSQ.
+    shared: Vec<BTreeMap<(u64, u64), usize>>,
+    /// Tasks in all of them.
+    shared_len: usize,
+    /// Last-level caches (CPUs split into this many groups of neighbours).
+    llcs: u32,
     /// The fallback queue (FIFO): rescued tasks; CPUs serve it and `shared` in turn.
     fallback: VecDeque<usize>,
     /// Whose turn it is: odd, `shared` first.
@@ -231,7 +237,9 @@ impl Simulator {
             events: BinaryHeap::new(),
             tasks: Vec::new(),
             cpus: (0..w.cpus).map(|_| Cpu::default()).collect(),
-            shared: BTreeMap::new(),
+            shared: vec![BTreeMap::new(); w.llcs.max(1) as usize],
+            shared_len: 0,
+            llcs: w.llcs.max(1),
             fallback: VecDeque::new(),
             turn: 0,
             rescues: 0,
@@ -645,8 +653,7 @@ impl Simulator {
         self.tasks[i].woke_at = Some(self.now);
         self.tasks[i].slept = true;
         // The BPF select_cpu fast path: an idle CPU and nothing else waiting.
-        let quiet =
-            self.counters.nr_scheduled == 0 && self.shared.is_empty() && self.ring.is_empty();
+        let quiet = self.counters.nr_scheduled == 0 && self.shared_len == 0 && self.ring.is_empty();
         if self.builtin_idle && quiet {
             let prev = self.tasks[i].prev_cpu;
             if let Some(c) = self
@@ -709,7 +716,7 @@ impl Simulator {
             // queued, the record does not wake the host.
             let n = self.cpus.len();
             let idle = self.cpus.iter().any(|c| c.current.is_none() && !c.rt_busy);
-            if self.held > 2 * n && !idle && self.shared.len() >= n {
+            if self.held > 2 * n && !idle && self.shared_len >= n {
                 self.unnotified = true;
                 self.quiet_records += 1;
             } else {
@@ -742,7 +749,7 @@ impl Simulator {
             || !rule.covers(t.class as u32)
             || last_run > rule.max_burst_ns
             || self.now.saturating_sub(t.stop_ts) < 2 * last_run
-            || self.held + self.shared.len() > 2 * self.cpus.len()
+            || self.held + self.shared_len > 2 * self.cpus.len()
         {
             return false;
         }
@@ -1006,7 +1013,7 @@ impl Simulator {
         });
         // Taken from a queue: quiet records wake the host once the CPUs'
         // next tasks run low.
-        let low = self.shared.len() < self.cpus.len();
+        let low = self.shared_len < self.cpus.len();
         if local.is_none() && next.is_some() && self.unnotified && self.held > 0 && low {
             self.kick = true;
             self.unnotified = false;
@@ -1027,9 +1034,24 @@ impl Simulator {
         self.fallback.remove(k)
     }
 
+    /// The first task `cpu` may run from its cache's shared queue, or else
+    /// from another cache's (as BPF's move_shared: own queue first).
     fn take_shared(&mut self, cpu: u32) -> Option<usize> {
-        let key = *self.shared.iter().find(|(_, &i)| self.can_run(i, cpu))?.0;
-        self.shared.remove(&key)
+        let own = self.llc_of(cpu);
+        for k in 0..self.llcs {
+            let q = ((own + k) % self.llcs) as usize;
+            let found = self.shared[q].iter().find(|(_, &i)| self.can_run(i, cpu));
+            if let Some((&key, _)) = found {
+                self.shared_len -= 1;
+                return self.shared[q].remove(&key);
+            }
+        }
+        None
+    }
+
+    /// The last-level cache of `cpu`.
+    fn llc_of(&self, cpu: u32) -> u32 {
+        (cpu as u64 * u64::from(self.llcs) / self.cpus.len() as u64) as u32
     }
 
     fn run(&mut self, cpu: u32, i: usize) {
@@ -1072,9 +1094,22 @@ impl Simulator {
         self.push(now + switch + run_for, Event::Stop { cpu, generation });
     }
 
+    /// Into the shared queue of task `i`'s last CPU's cache, or, if it may
+    /// no longer run there, of the first CPU it may use (BPF's
+    /// task_shared_dsq).
     fn push_shared(&mut self, vtime: u64, i: usize) {
+        let prev = self.tasks[i].prev_cpu;
+        let cpu = if self.can_run(i, prev) {
+            prev
+        } else {
+            (0..self.cpus.len() as u32)
+                .find(|&c| self.can_run(i, c))
+                .unwrap_or(prev)
+        };
+        let q = self.llc_of(cpu) as usize;
         self.seq += 1;
-        self.shared.insert((vtime, self.seq), i);
+        self.shared[q].insert((vtime, self.seq), i);
+        self.shared_len += 1;
     }
 
     /// An idle CPU task `i` may run on, `prefer` first.
@@ -1285,7 +1320,7 @@ impl Kernel for Simulator {
         // Decisions land at once here: nothing is ever on its way.
         Occupancy {
             running: self.counters.nr_running,
-            inflight: (self.local_queued + self.shared.len() + self.fallback.len()) as u64,
+            inflight: (self.local_queued + self.shared_len + self.fallback.len()) as u64,
             unsent: 0,
             idle_cpus: self
                 .cpus

@@ -23,6 +23,11 @@ use crate::input::{read_text, toml_error, InputError};
 pub struct Workload {
     /// Simulated CPUs.
     pub cpus: u32,
+    /// Last-level caches: the CPUs split into this many groups of
+    /// neighbours, each with a shared queue of its own, as the BPF side keeps
+    /// one per cache (default 1).
+    #[serde(default = "default_llcs")]
+    pub llcs: u32,
     /// Simulated time to run (ms).
     pub duration_ms: u64,
     /// Seed for every random choice: same seed, same result.
@@ -53,6 +58,9 @@ pub struct Workload {
     pub groups: Vec<Group>,
 }
 
+fn default_llcs() -> u32 {
+    1
+}
 fn default_seed() -> u64 {
     1
 }
@@ -191,6 +199,13 @@ impl Workload {
     fn check(&self) -> Result<(), String> {
         if !(1..=1024).contains(&self.cpus) {
             return Err(format!("cpus = {} is out of range 1..=1024", self.cpus));
+        }
+        if !(1..=self.cpus.min(64)).contains(&self.llcs) {
+            return Err(format!(
+                "llcs = {} is out of range 1..={} (at most one per CPU, and 64)",
+                self.llcs,
+                self.cpus.min(64)
+            ));
         }
         if self.duration_ms == 0 || self.duration_ms > 3_600_000 {
             return Err("duration_ms must be within 1..=3600000".into());
@@ -374,6 +389,10 @@ mod tests {
             (
                 "[[group]]\nname='a'\ncount=3\nbehaviour={kind='messaging', runtime_us=5, buffer=4}\n",
                 "even count",
+            ),
+            (
+                "llcs = 3\n[[group]]\nname='a'\ncount=1\nbehaviour={kind='cpu-bound'}\n",
+                "llcs = 3 is out of range 1..=2",
             ),
             (
                 "[[rt]]\ncpu=5\nperiod_us=10\nruntime_us=5\n[[group]]\nname='a'\ncount=1\nbehaviour={kind='cpu-bound'}\n",
