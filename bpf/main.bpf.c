@@ -9,8 +9,9 @@
  * inserted into a shared queue (ordered by the plugin's vtime) or a CPU's
  * local queue. There is a shared queue per last-level cache: a decided task
  * goes to its last CPU's, and a CPU serves its own first and takes from the
- * others only when its own is empty (so the plugin's order holds within a
- * cache, and across caches within the look-ahead window). Never: the host's own threads (it cannot wait on itself),
+ * others only when its own is empty, or when the heartbeat saw another's
+ * wait unserved for a heartbeat (its CPUs all taken by RT tasks): the
+ * plugin's order holds within a cache. Never: the host's own threads (it cannot wait on itself),
  * kernel threads (memory reclaim, RCU, writeback and the sched_ext watchdog's
  * work item run in them, and the host's syscalls may wait on any of them),
  * tasks handed back from a CPU they could not run on at once (an RT/DL task
@@ -96,6 +97,7 @@ extern bool scx_bpf_task_set_dsq_vtime(struct task_struct *p, u64 vtime) __ksym;
 extern struct task_struct *bpf_task_from_pid(s32 pid) __ksym;
 extern void bpf_task_release(struct task_struct *p) __ksym;
 extern bool bpf_cpumask_test_cpu(u32 cpu, const struct cpumask *cpumask) __ksym;
+extern u32 bpf_cpumask_first(const struct cpumask *cpumask) __ksym;
 extern void bpf_rcu_read_lock(void) __ksym;
 extern void bpf_rcu_read_unlock(void) __ksym;
 
@@ -148,6 +150,11 @@ volatile u32 rescue_pending;
 volatile u64 rescue_min_wait;
 /* While set, new tasks skip the host (it was late for a whole heartbeat). */
 volatile u32 bypass;
+/* When a CPU last took from (or found empty) each cache's shared queue, and
+ * the queues the heartbeat found waiting unserved for a heartbeat (a bit
+ * each): any CPU serves those first. */
+u64 llc_served_ns[RTHULHU_MAX_LLCS];
+volatile u64 llc_starved;
 /* Which of the fallback and shared queues a CPU looks at first (they alternate). */
 u64 dispatch_turn;
 /* When the heartbeat last looked for a task held past max_hold_ns. */
@@ -307,28 +314,64 @@ static u64 task_shared_dsq(const struct task_struct *p)
 
 	if (nr_llcs <= 1)
 		return RTHULHU_SHARED_DSQ;
+	/* Not an idle pick: that would claim an idle CPU nobody kicks. */
 	if (!bpf_cpumask_test_cpu(cpu, p->cpus_ptr))
-		cpu = scx_bpf_pick_any_cpu(p->cpus_ptr, 0);
+		cpu = bpf_cpumask_first(p->cpus_ptr);
 	return shared_dsq(cpu);
 }
 
+/* Takes the next task this CPU may run from cache llc's shared queue. */
+static bool move_from(u32 llc)
+{
+	u64 now = bpf_ktime_get_ns();
+
+	if (llc >= RTHULHU_MAX_LLCS)
+		return false;
+	/* Written at most once a millisecond: every CPU's dispatch passes here. */
+	if ((s64)(now - llc_served_ns[llc]) > 1000000)
+		llc_served_ns[llc] = now;
+	if (!scx_bpf_dsq_move_to_local(RTHULHU_SHARED_DSQ + llc))
+		return false;
+	if (llc_starved & (1ULL << llc))
+		__sync_fetch_and_and(&llc_starved, ~(1ULL << llc));
+	return true;
+}
+
 /*
- * Moves the next task of this CPU's shared queue, or else of another
- * cache's (bounded: one look at each of at most RTHULHU_MAX_LLCS queues),
- * to this CPU. Stealing only from an empty own queue keeps tasks near their
- * caches while no CPU idles for lack of a task queued elsewhere.
+ * Moves the next task of a shared queue to this CPU: first of a queue the
+ * heartbeat found unserved (every CPU of its cache held by RT tasks, say),
+ * then of this CPU's cache's, else of another cache's (bounded: one look at
+ * each of at most RTHULHU_MAX_LLCS queues). Taking from others only when
+ * the own queue is empty keeps tasks near their caches, while no CPU idles
+ * for lack of a task queued elsewhere.
  */
 static bool move_shared(s32 cpu)
 {
-	u64 own = shared_dsq(cpu) - RTHULHU_SHARED_DSQ;
-	u32 i;
+	u32 own = shared_dsq(cpu) - RTHULHU_SHARED_DSQ, i;
+	u64 starved = llc_starved;
 
-	if (scx_bpf_dsq_move_to_local(RTHULHU_SHARED_DSQ + own))
+	for (i = 0; starved && i < RTHULHU_MAX_LLCS && i < nr_llcs; i++)
+		if ((starved & (1ULL << i)) && move_from(i))
+			return true;
+	if (move_from(own))
 		return true;
 	for (i = 1; i < RTHULHU_MAX_LLCS && i < nr_llcs; i++)
-		if (scx_bpf_dsq_move_to_local(RTHULHU_SHARED_DSQ + (own + i) % nr_llcs))
+		if (move_from((own + i) % nr_llcs))
 			return true;
 	return false;
+}
+
+/* Marks the shared queues left unserved for a heartbeat while holding tasks. */
+static void find_starved_llcs(u64 now)
+{
+	u64 starved = 0;
+	u32 i;
+
+	for (i = 0; i < RTHULHU_MAX_LLCS && i < nr_llcs; i++)
+		if ((s64)(now - llc_served_ns[i]) > (s64)heartbeat_ns &&
+		    scx_bpf_dsq_nr_queued(RTHULHU_SHARED_DSQ + i))
+			starved |= 1ULL << i;
+	llc_starved = starved;
 }
 
 /* Nothing waits for a CPU in our custody: a waking task may take an idle one. */
@@ -1155,6 +1198,8 @@ static int heartbeat_fn(void *map, int *key, struct heartbeat *hb)
 		bypass = 0;
 	nr_queued = pending_records();
 	nr_shared_queued = shared_queued();
+	if (nr_llcs > 1)
+		find_starved_llcs(s.now);
 	nr_fallback_queued = scx_bpf_dsq_nr_queued(RTHULHU_FALLBACK_DSQ);
 	bpf_loop(RTHULHU_MAX_CPUS, scan_cpu, &s, 0);
 	if (nr_held && (host_late || s.late)) {

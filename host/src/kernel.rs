@@ -156,7 +156,8 @@ pub trait Kernel {
     fn dispatch(&mut self, task: &DispatchedTask) -> Result<(), KernelError>;
     /// The kernel's default idle-CPU pick.
     fn default_select_cpu(&mut self, task: &QueuedTask) -> CpuTarget;
-    /// Number of possible CPUs.
+    /// Number of online CPUs (counted when the scheduler starts: a CPU
+    /// that comes or goes restarts it).
     fn nr_cpus(&self) -> u32;
     /// Current time in the clock task timestamps use (ns).
     fn now_ns(&self) -> u64;

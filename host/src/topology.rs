@@ -20,9 +20,9 @@ pub struct Llcs {
 }
 
 /// Reads the topology under `root` (`/sys/devices/system/cpu` on a real
-/// machine). A CPU whose cache sysfs does not describe (some VMs, some
-/// architectures) counts as sharing the first cache: one queue, as if the
-/// machine had one cache, never a failure.
+/// machine); only an unreadable list of online CPUs is an error. A CPU
+/// whose cache sysfs does not describe (some VMs, some architectures)
+/// counts as sharing the first cache: with none described, one queue.
 pub fn read(root: &Path) -> Result<Llcs, String> {
     let online = root.join("online");
     let text =

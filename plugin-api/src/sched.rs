@@ -22,7 +22,8 @@ pub trait HostServices {
     /// The kernel's default idle-CPU pick for `task`: an idle CPU (its
     /// previous one if idle), or [`CpuTarget::Any`] when none is idle.
     fn default_select_cpu(&mut self, task: &QueuedTask) -> CpuTarget;
-    /// Number of possible CPUs.
+    /// Number of online CPUs (counted when the scheduler starts: a CPU
+    /// that comes or goes restarts it).
     fn nr_cpus(&self) -> u32;
     /// Current time (ns, the clock task timestamps use).
     fn now_ns(&self) -> u64;
@@ -123,7 +124,8 @@ impl Sched<'_> {
         unsafe { (self.vtable.default_select_cpu())(self.ctx, task) }
     }
 
-    /// Number of possible CPUs.
+    /// Number of online CPUs (counted when the scheduler starts: a CPU
+    /// that comes or goes restarts it).
     #[inline]
     pub fn nr_cpus(&self) -> u32 {
         // SAFETY: as in `dequeue_task`.

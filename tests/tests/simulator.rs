@@ -312,3 +312,20 @@ fn a_cache_whose_queue_is_empty_takes_from_the_others() {
         .fold((1.0f64, 0.0f64), |(a, b), &s| (a.min(s), b.max(s)));
     assert!(min / max > 0.85, "unfair across caches: {shares:?}");
 }
+
+#[test]
+fn a_cache_whose_cpus_rt_tasks_hold_does_not_strand_its_queue() {
+    // RT tasks hold both CPUs of the second cache 90 ms in every 100: tasks
+    // left in that cache's queue must not wait for them while the first
+    // cache's CPUs keep finding work in theirs.
+    let mut text = String::from("cpus = 4\nllcs = 2\nduration_ms = 3000\n");
+    for cpu in [2, 3] {
+        text += &format!("[[rt]]\ncpu = {cpu}\nperiod_us = 100000\nruntime_us = 90000\n");
+    }
+    text += "[[group]]\nname = \"hog\"\ncount = 8\nbehaviour = { kind = \"cpu-bound\" }\n";
+    let (out, r) = simulate("simple", "mode = \"vtime\"", &workload("rt-cache", &text));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(r["ejected"], false, "{r}");
+    let wait = group(&r, "hog")["wait_max_ns"].as_u64().unwrap();
+    assert!(wait < 60_000_000, "a hog waited {} ms", wait / 1_000_000);
+}

@@ -159,6 +159,10 @@ pub struct Simulator {
     shared_len: usize,
     /// Last-level caches (CPUs split into this many groups of neighbours).
     llcs: u32,
+    /// When a CPU last looked at each cache's shared queue, and the queues
+    /// the heartbeat found unserved for a heartbeat (served first).
+    llc_served: Vec<u64>,
+    llc_starved: Vec<bool>,
     /// The fallback queue (FIFO): rescued tasks; CPUs serve it and `shared` in turn.
     fallback: VecDeque<usize>,
     /// Whose turn it is: odd, `shared` first.
@@ -240,6 +244,8 @@ impl Simulator {
             shared: vec![BTreeMap::new(); w.llcs.max(1) as usize],
             shared_len: 0,
             llcs: w.llcs.max(1),
+            llc_served: vec![0; w.llcs.max(1) as usize],
+            llc_starved: vec![false; w.llcs.max(1) as usize],
             fallback: VecDeque::new(),
             turn: 0,
             rescues: 0,
@@ -583,6 +589,12 @@ impl Simulator {
     /// the host holds tasks gets those that waited that long, in arrival order.
     fn heartbeat(&mut self) {
         let now = self.now;
+        // Shared queues no CPU looked at for a heartbeat (BPF's
+        // find_starved_llcs): every CPU of their cache taken, say by RT tasks.
+        for q in 0..self.llcs as usize {
+            self.llc_starved[q] =
+                !self.shared[q].is_empty() && now - self.llc_served[q] > HEARTBEAT_NS;
+        }
         // The BPF heartbeat wakes the host while it holds tasks: here only
         // quiet records can have missed a wake-up.
         if std::mem::take(&mut self.unnotified) {
@@ -1034,15 +1046,21 @@ impl Simulator {
         self.fallback.remove(k)
     }
 
-    /// The first task `cpu` may run from its cache's shared queue, or else
-    /// from another cache's (as BPF's move_shared: own queue first).
+    /// The first task `cpu` may run from a shared queue the heartbeat found
+    /// unserved, else from its cache's, else from another cache's (BPF's
+    /// move_shared).
     fn take_shared(&mut self, cpu: u32) -> Option<usize> {
         let own = self.llc_of(cpu);
-        for k in 0..self.llcs {
-            let q = ((own + k) % self.llcs) as usize;
+        let starved = (0..self.llcs).filter(|&q| self.llc_starved[q as usize]);
+        let order: Vec<u32> = starved
+            .chain((0..self.llcs).map(|k| (own + k) % self.llcs))
+            .collect();
+        for q in order.into_iter().map(|q| q as usize) {
+            self.llc_served[q] = self.now;
             let found = self.shared[q].iter().find(|(_, &i)| self.can_run(i, cpu));
             if let Some((&key, _)) = found {
                 self.shared_len -= 1;
+                self.llc_starved[q] = false;
                 return self.shared[q].remove(&key);
             }
         }

@@ -179,7 +179,7 @@ impl CustomScheduler for Deadline {
     fn select_preempting(&mut self, sched: &mut Sched<'_>) -> Option<QueuedTask> {
         // With a backlog (hackbench-like loads) preempting only churns: the
         // woken task would wait behind the others anyway.
-        if self.pool.len() as u64 > 2 * sched.counters().nr_online_cpus.max(1) {
+        if self.pool.len() as u64 > 2 * u64::from(sched.nr_cpus().max(1)) {
             return None;
         }
         let limit = self.cfg.preempt_burst_us * 1000;

@@ -203,7 +203,7 @@ impl CustomScheduler for Simple {
         let Pool::Vtime(m) = &mut self.pool else {
             return None;
         };
-        let cpus = sched.counters().nr_online_cpus.max(1);
+        let cpus = u64::from(sched.nr_cpus().max(1));
         if self.preempt_burst_ns == 0 || m.len() as u64 > 2 * cpus {
             return None;
         }
