@@ -152,13 +152,10 @@ pub struct Simulator {
     events: BinaryHeap<Reverse<(u64, u64, Event)>>,
     tasks: Vec<Task>,
     cpus: Vec<Cpu>,
-    /// The shared queues, one per last-level cache, each ordered by
-    /// (vtime, arrival) like a vtime DSQ.
+    /// The shared queues, one per last-level cache (the CPUs split into that
+    /// many groups of neighbours), each ordered by (vtime, arrival) like a
+    /// vtime DSQ.
     shared: Vec<BTreeMap<(u64, u64), usize>>,
-    /// Tasks in all of them.
-    shared_len: usize,
-    /// Last-level caches (CPUs split into this many groups of neighbours).
-    llcs: u32,
     /// When a CPU last looked at each cache's shared queue, and the queues
     /// the heartbeat found unserved for a heartbeat (served first).
     llc_served: Vec<u64>,
@@ -242,8 +239,6 @@ impl Simulator {
             tasks: Vec::new(),
             cpus: (0..w.cpus).map(|_| Cpu::default()).collect(),
             shared: vec![BTreeMap::new(); w.llcs.max(1) as usize],
-            shared_len: 0,
-            llcs: w.llcs.max(1),
             llc_served: vec![0; w.llcs.max(1) as usize],
             llc_starved: vec![false; w.llcs.max(1) as usize],
             fallback: VecDeque::new(),
@@ -591,7 +586,7 @@ impl Simulator {
         let now = self.now;
         // Shared queues no CPU looked at for a heartbeat (BPF's
         // find_starved_llcs): every CPU of their cache taken, say by RT tasks.
-        for q in 0..self.llcs as usize {
+        for q in 0..self.shared.len() {
             self.llc_starved[q] =
                 !self.shared[q].is_empty() && now - self.llc_served[q] > HEARTBEAT_NS;
         }
@@ -665,7 +660,8 @@ impl Simulator {
         self.tasks[i].woke_at = Some(self.now);
         self.tasks[i].slept = true;
         // The BPF select_cpu fast path: an idle CPU and nothing else waiting.
-        let quiet = self.counters.nr_scheduled == 0 && self.shared_len == 0 && self.ring.is_empty();
+        let quiet =
+            self.counters.nr_scheduled == 0 && self.shared_len() == 0 && self.ring.is_empty();
         if self.builtin_idle && quiet {
             let prev = self.tasks[i].prev_cpu;
             if let Some(c) = self
@@ -728,7 +724,7 @@ impl Simulator {
             // queued, the record does not wake the host.
             let n = self.cpus.len();
             let idle = self.cpus.iter().any(|c| c.current.is_none() && !c.rt_busy);
-            if self.held > 2 * n && !idle && self.shared_len >= n {
+            if self.held > 2 * n && !idle && self.shared_len() >= n {
                 self.unnotified = true;
                 self.quiet_records += 1;
             } else {
@@ -761,7 +757,7 @@ impl Simulator {
             || !rule.covers(t.class as u32)
             || last_run > rule.max_burst_ns
             || self.now.saturating_sub(t.stop_ts) < 2 * last_run
-            || self.held + self.shared_len > 2 * self.cpus.len()
+            || self.held + self.shared_len() > 2 * self.cpus.len()
         {
             return false;
         }
@@ -1025,7 +1021,7 @@ impl Simulator {
         });
         // Taken from a queue: quiet records wake the host once the CPUs'
         // next tasks run low.
-        let low = self.shared_len < self.cpus.len();
+        let low = self.shared_len() < self.cpus.len();
         if local.is_none() && next.is_some() && self.unnotified && self.held > 0 && low {
             self.kick = true;
             self.unnotified = false;
@@ -1050,16 +1046,16 @@ impl Simulator {
     /// unserved, else from its cache's, else from another cache's (BPF's
     /// move_shared).
     fn take_shared(&mut self, cpu: u32) -> Option<usize> {
-        let own = self.llc_of(cpu);
-        let starved = (0..self.llcs).filter(|&q| self.llc_starved[q as usize]);
-        let order: Vec<u32> = starved
-            .chain((0..self.llcs).map(|k| (own + k) % self.llcs))
-            .collect();
-        for q in order.into_iter().map(|q| q as usize) {
+        let (n, own) = (self.shared.len(), self.llc_of(cpu));
+        // Indices 0..n: the starved queues; n..2n: own cache's, then the next.
+        for k in 0..2 * n {
+            let q = if k < n { k } else { (own + k - n) % n };
+            if k < n && !self.llc_starved[q] {
+                continue;
+            }
             self.llc_served[q] = self.now;
             let found = self.shared[q].iter().find(|(_, &i)| self.can_run(i, cpu));
             if let Some((&key, _)) = found {
-                self.shared_len -= 1;
                 self.llc_starved[q] = false;
                 return self.shared[q].remove(&key);
             }
@@ -1067,9 +1063,14 @@ impl Simulator {
         None
     }
 
+    /// Tasks in all the shared queues.
+    fn shared_len(&self) -> usize {
+        self.shared.iter().map(BTreeMap::len).sum()
+    }
+
     /// The last-level cache of `cpu`.
-    fn llc_of(&self, cpu: u32) -> u32 {
-        (cpu as u64 * u64::from(self.llcs) / self.cpus.len() as u64) as u32
+    fn llc_of(&self, cpu: u32) -> usize {
+        cpu as usize * self.shared.len() / self.cpus.len()
     }
 
     fn run(&mut self, cpu: u32, i: usize) {
@@ -1124,10 +1125,9 @@ impl Simulator {
                 .find(|&c| self.can_run(i, c))
                 .unwrap_or(prev)
         };
-        let q = self.llc_of(cpu) as usize;
+        let q = self.llc_of(cpu);
         self.seq += 1;
         self.shared[q].insert((vtime, self.seq), i);
-        self.shared_len += 1;
     }
 
     /// An idle CPU task `i` may run on, `prefer` first.
@@ -1338,7 +1338,7 @@ impl Kernel for Simulator {
         // Decisions land at once here: nothing is ever on its way.
         Occupancy {
             running: self.counters.nr_running,
-            inflight: (self.local_queued + self.shared_len + self.fallback.len()) as u64,
+            inflight: (self.local_queued + self.shared_len() + self.fallback.len()) as u64,
             unsent: 0,
             idle_cpus: self
                 .cpus
