@@ -13,7 +13,9 @@ pub const ENQ_WAKEUP: u64 = 1;
 /// record. Set with [`ENQ_WAKEUP`] on a wake-up's own record, and also on a
 /// later record when the wake-up never reached the plugin (the kernel side
 /// placed it straight onto a CPU, or let it preempt): a plugin that tracks
-/// bursts starts a new one then, instead of adding runs across a sleep.
+/// bursts starts a new one then, instead of adding runs across a sleep, and
+/// a plugin that gives sleepers bounded credit bounds it here too (the
+/// record's vtime is still the one from before the sleep).
 pub const ENQ_SLEPT: u64 = 1 << 55;
 
 /// Weight of a nice-0 task in sched_ext's scale (`p->scx.weight`, 1..=10000).

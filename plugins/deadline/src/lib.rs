@@ -100,22 +100,25 @@ impl Deadline {
         if ran > 0 {
             self.clock.ran_from(st.vruntime);
         }
-        st.vruntime += Self::scaled(ran, t.weight);
-        st.seen = self.rounds;
+        // Bounded credit: a long sleep buys at most max_credit.
+        let floor = self.clock.now().saturating_sub(cfg.max_credit_us * 1000);
         if t.flags & (ENQ_WAKEUP | ENQ_SLEPT) == ENQ_SLEPT {
             // It woke without us (straight onto a CPU): the burst we knew
-            // ended then, and a new one is the run since.
+            // ended then, and a new one is the run since. The sleep buys
+            // the same bounded credit as one that came here; without the
+            // floor its old vruntime would put it ahead of every task for
+            // as long as it had slept.
             st.avg_burst = (st.avg_burst * 3 + st.burst) / 4;
             st.burst = 0;
+            st.vruntime = st.vruntime.max(floor);
         }
+        st.vruntime += Self::scaled(ran, t.weight);
+        st.seen = self.rounds;
         st.burst += t.burst_part(ran);
         if t.flags & ENQ_WAKEUP != 0 {
             st.avg_burst = (st.avg_burst * 3 + st.burst) / 4;
             st.burst = 0;
-            // Bounded credit: a long sleep buys at most max_credit.
-            st.vruntime = st
-                .vruntime
-                .max(self.clock.now().saturating_sub(cfg.max_credit_us * 1000));
+            st.vruntime = st.vruntime.max(floor);
         }
         let burst = st.avg_burst.max(st.burst).min(cfg.max_penalty_us * 1000);
         st.vruntime + Self::scaled(burst, t.weight)
@@ -313,6 +316,31 @@ mod tests {
             );
             assert_eq!(d.select_queued_task(s).map(|t| t.pid), Some(1));
         });
+    }
+
+    #[test]
+    fn a_sleep_that_never_came_here_buys_no_more_than_the_credit() {
+        let mut d = Deadline::new("").unwrap();
+        let feed = |d: &mut Deadline, t: QueuedTask| {
+            let mut host = host(vec![t]);
+            Sched::with(&mut host, |s| {
+                d.drain_queued_tasks(s);
+                while d.select_queued_task(s).is_some() {}
+            });
+        };
+        // Pid 11 is seen once, then sleeps while pid 10 hogs for a second.
+        feed(&mut d, rec(11, 0, true));
+        for _ in 0..100 {
+            feed(&mut d, rec(10, 10_000, false));
+        }
+        // It woke straight onto a CPU (no record), ran 1 ms, and its slice
+        // ended: the first record since its sleep has no wake-up flag.
+        let mut back = rec(11, 1000, false);
+        back.flags = ENQ_SLEPT;
+        feed(&mut d, back);
+        let floor = d.clock.now() - 5_000_000;
+        let v = d.tasks[&11].vruntime;
+        assert!(v >= floor, "vruntime {v}, credit floor {floor}");
     }
 
     #[test]

@@ -30,7 +30,7 @@ use std::collections::{HashMap, VecDeque};
 
 use plugin_api::{
     AgingPool, CpuTarget, CustomScheduler, QueuedTask, Sched, VirtualClock, WakeupPreemption,
-    ENQ_WAKEUP, WEIGHT_NICE_0,
+    ENQ_SLEPT, ENQ_WAKEUP, WEIGHT_NICE_0,
 };
 use serde::Deserialize;
 
@@ -113,7 +113,11 @@ impl Simple {
         if ran > 0 {
             self.clock.ran_from(t.vtime);
         }
-        if t.flags & ENQ_WAKEUP != 0 {
+        // A wake-up, or a record after a sleep whose wake-up never came
+        // here (the kernel side put it straight onto a CPU): without the
+        // floor, its old vtime would put the second ahead of every task for
+        // as long as it had slept.
+        if t.flags & (ENQ_WAKEUP | ENQ_SLEPT) != 0 {
             let credit = if self.slice_ns > 0 {
                 self.slice_ns
             } else {
@@ -361,6 +365,34 @@ mod tests {
         .unwrap();
         let pack = (1..=3).map(|p| keys[&p]).min().unwrap();
         assert!(key < pack, "sleeper at {key}, pack from {pack}");
+    }
+
+    #[test]
+    fn a_sleep_that_never_came_here_buys_no_more_than_the_credit() {
+        let mut s = Simple::new("slice_us = 5000").unwrap();
+        // Task 9 is seen once, then sleeps while task 1 hogs for a second.
+        order_after(&mut s, vec![vec![task(9, 0, 0, 100)]]);
+        let mut key = 0;
+        for round in 0..100u64 {
+            let mut host = TestHost::new(1);
+            host.queue = vec![task(1, key, round * 10_000_000, 100)].into();
+            key = Sched::with(&mut host, |sched| {
+                s.drain_queued_tasks(sched);
+                s.select_queued_task(sched).unwrap().vtime
+            });
+        }
+        // It woke straight onto a CPU (no record), ran 1 ms, and its slice
+        // ended: the first record since its sleep has no wake-up flag.
+        let mut back = task(9, 0, 1_000_000, 100);
+        back.flags = ENQ_SLEPT;
+        let mut host = TestHost::new(1);
+        host.queue = vec![back].into();
+        let v = Sched::with(&mut host, |sched| {
+            s.drain_queued_tasks(sched);
+            s.select_queued_task(sched).unwrap().vtime
+        });
+        let floor = s.clock.now() - 5_000_000;
+        assert!(v >= floor, "key {v}, credit floor {floor}");
     }
 
     #[test]

@@ -246,13 +246,21 @@ impl CustomScheduler for StrategyPolicy {
             if ran > 0 {
                 clock.ran_from(st.vruntime);
             }
+            let floor = clock.now().saturating_sub(credit);
+            if t.flags & (ENQ_WAKEUP | ENQ_SLEPT) == ENQ_SLEPT {
+                // It slept and woke without us (straight onto a CPU): the
+                // same bounded credit as a wake-up that came here, then the
+                // runs since. Without the floor its old vruntime would put
+                // it ahead of every task for as long as it had slept.
+                st.vruntime = st.vruntime.max(floor);
+            }
             st.vruntime += ran.saturating_mul(WEIGHT_NICE_0) / t.weight.max(1);
             st.seen = rounds;
             if t.flags & ENQ_WAKEUP != 0 {
                 st.burst = 0;
-                st.vruntime = st.vruntime.max(clock.now().saturating_sub(credit));
+                st.vruntime = st.vruntime.max(floor);
             } else if t.flags & ENQ_SLEPT != 0 {
-                // It woke without us (straight onto a CPU) and has run since.
+                // It woke without us and has run since.
                 st.burst = t.burst_part(ran);
             } else {
                 st.burst += t.burst_part(ran);

@@ -243,3 +243,29 @@ fn unmatched_and_prioritised_tasks_preempt_at_wake_up() {
     assert!(rule.covers(0) && rule.covers(1) && !rule.covers(2));
     assert_eq!(rule.max_burst_ns, 800_000);
 }
+
+#[test]
+fn a_sleep_that_never_came_here_buys_no_more_than_the_credit() {
+    let mut p = StrategyPolicy::new(CONFIG).unwrap();
+    let mut host = host();
+    let rec = |pid, exec_runtime, flags| {
+        let mut t = task(pid, 100, "worker", 0);
+        t.exec_runtime = exec_runtime;
+        t.flags = flags;
+        t
+    };
+    // Pid 11 is seen once, then sleeps while pid 10 hogs for a second.
+    host.queue = vec![rec(11, 0, ENQ_WAKEUP)].into();
+    run(&mut p, &mut host);
+    for round in 1..=100u64 {
+        host.queue = vec![rec(10, round * 10_000_000, 0)].into();
+        run(&mut p, &mut host);
+    }
+    // It woke straight onto a CPU (no record), ran 1 ms, and its slice
+    // ended: the first record since its sleep has no wake-up flag.
+    host.queue = vec![rec(11, 1_000_000, ENQ_SLEPT)].into();
+    run(&mut p, &mut host);
+    let floor = p.clock.now() - p.cfg.max_credit_ns;
+    let v = p.tasks[&11].vruntime;
+    assert!(v >= floor, "vruntime {v}, credit floor {floor}");
+}
