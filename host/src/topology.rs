@@ -1,5 +1,6 @@
-//! Which CPUs share a last-level cache, read from sysfs: the BPF side keeps
-//! a queue of decided tasks per last-level cache (see bpf/main.bpf.c).
+//! Which CPUs are online and which share a last-level cache, read from
+//! sysfs: the BPF side keeps a queue of decided tasks per last-level cache
+//! (see bpf/main.bpf.c).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,9 +11,11 @@ use crate::cpus::parse_list;
 /// bpf/intf.h); caches past this share queues round-robin.
 pub const MAX_LLCS: u32 = 64;
 
-/// The last-level caches of the online CPUs.
+/// The online CPUs and their last-level caches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Llcs {
+    /// How many CPUs are online (at least 1).
+    pub online: u32,
     /// Each CPU id's cache index (`0..count`); offline CPUs map to 0.
     pub of_cpu: Vec<u32>,
     /// How many caches (at least 1, at most [`MAX_LLCS`]).
@@ -41,7 +44,12 @@ pub fn read(root: &Path) -> Result<Llcs, String> {
         of_cpu[cpu as usize] = llc % MAX_LLCS;
     }
     let count = (index.len() as u32).clamp(1, MAX_LLCS);
-    Ok(Llcs { of_cpu, count })
+    let online = u32::try_from(cpus.len()).unwrap_or(u32::MAX).max(1);
+    Ok(Llcs {
+        online,
+        of_cpu,
+        count,
+    })
 }
 
 /// The CPUs sharing the highest-level data or unified cache in a CPU's
@@ -115,7 +123,7 @@ mod tests {
         let refs: Vec<&[_]> = cpus.iter().map(|c| c.as_slice()).collect();
         let root = tree("two", "0-3\n", &refs);
         let llcs = read(&root).unwrap();
-        assert_eq!(llcs.count, 2);
+        assert_eq!((llcs.online, llcs.count), (4, 2));
         assert_eq!(llcs.of_cpu, [0, 0, 1, 1]);
         fs::remove_dir_all(root).unwrap();
     }
@@ -124,7 +132,7 @@ mod tests {
     fn no_cache_description_means_one_queue() {
         let root = tree("none", "0-2,5\n", &[]);
         let llcs = read(&root).unwrap();
-        assert_eq!(llcs.count, 1);
+        assert_eq!((llcs.online, llcs.count), (4, 1));
         assert_eq!(llcs.of_cpu, [0; 6]);
         fs::remove_dir_all(root).unwrap();
     }
@@ -136,8 +144,8 @@ mod tests {
     }
 
     #[test]
-    fn this_machine_has_at_least_one_cache() {
+    fn this_machine_has_an_online_cpu_and_a_cache() {
         let llcs = read(Path::new("/sys/devices/system/cpu")).unwrap();
-        assert!(llcs.count >= 1);
+        assert!(llcs.online >= 1 && llcs.count >= 1);
     }
 }

@@ -175,7 +175,7 @@ impl<'obj> BpfKernel<'obj> {
         ro.builtin_idle = opts.builtin_idle;
         // A held task is rescued after a quarter of the watchdog's timeout.
         ro.max_hold_ns = u64::from(opts.timeout_ms) * 1_000_000 / 4;
-        // A shared queue per last-level cache.
+        // The online CPUs, and a shared queue per last-level cache.
         let llcs = crate::topology::read(std::path::Path::new("/sys/devices/system/cpu"))
             .map_err(KernelError)?;
         ro.nr_llcs = llcs.count;
@@ -230,7 +230,7 @@ impl<'obj> BpfKernel<'obj> {
             inbox,
             dispatched,
             link: None,
-            nr_cpus: crate::cpus::online_count().map_err(KernelError)?,
+            nr_cpus: llcs.online,
             submitted: 0,
             gens: HashMap::with_capacity(MAX_HELD),
             cancelled: HashMap::with_capacity(MAX_HELD),
