@@ -338,7 +338,7 @@ mod tests {
         let mut back = rec(11, 1000, false);
         back.flags = ENQ_SLEPT;
         feed(&mut d, back);
-        let floor = d.clock.now() - 5_000_000;
+        let floor = d.clock.now() - d.cfg.max_credit_us * 1000;
         let v = d.tasks[&11].vruntime;
         assert!(v >= floor, "vruntime {v}, credit floor {floor}");
     }

@@ -114,9 +114,10 @@ impl Simple {
             self.clock.ran_from(t.vtime);
         }
         // A wake-up, or a record after a sleep whose wake-up never came
-        // here (the kernel side put it straight onto a CPU): without the
-        // floor, its old vtime would put the second ahead of every task for
-        // as long as it had slept.
+        // here (the kernel side put it straight onto a CPU). Without the
+        // floor, such a record's vtime, still the one from before the
+        // sleep, would put the task ahead of every other for as long as it
+        // had slept.
         if t.flags & (ENQ_WAKEUP | ENQ_SLEPT) != 0 {
             let credit = if self.slice_ns > 0 {
                 self.slice_ns
