@@ -18,7 +18,9 @@
  * took it: local queues hold only a task that runs now, see .flags), and a
  * task preempted before its slice ran out: it already had its decision, so
  * it goes back into the shared queue at that decision's key for the rest of
- * its slice (resume_preempted; a yield looks the same to us and resumes too).
+ * its slice (resume_preempted; a yield looks the same to us and resumes too),
+ * nor, when the plugin's renewal rule covers it, a task whose slice ran out
+ * (renew_slice: a few times in a row, at its key as it stands now).
  *
  * Liveness. A CPU that finds nothing to run while tasks are held wakes the
  * host, and so does the heartbeat timer (every heartbeat_ns) while it holds
@@ -195,6 +197,14 @@ volatile u64 nr_cgroups_untracked;
  */
 volatile u64 urgent_classes;
 volatile u64 urgent_burst_ns;
+/*
+ * The plugin's slice renewal rule (written by the host): a task of a class
+ * whose bit is set in renew_classes may be given a new slice at most
+ * renew_max times in a row without the host (renew_slice).
+ */
+volatile u64 renew_classes;
+volatile u64 renew_max;
+volatile u64 nr_renewed;
 volatile u64 nr_urgent_wakeups;
 /* Wake-ups of covered tasks that went to the host instead, by the guard that
  * sent them: last run too long, sleep too short, backlog, no CPU to take. */
@@ -246,7 +256,13 @@ struct task_ctx {
 	u32 decided;	/* the host has decided on it at least once: dsq_vtime is its key */
 	u64 resume_ns;	/* slice left when it was last preempted (0: it was not) */
 	u64 key_ran;	/* ran since its key was given, up to its last stop */
+	u64 key;	/* its last host decision's key: what its record reports */
+	u64 key_slice;	/* that decision's slice */
+	u32 renewals;	/* slices renewed since its last record (RENEW_NEVER: none) */
 };
+
+/* Renewals value that sends the next record to the host whatever the rule. */
+#define RENEW_NEVER 0xffffffffU
 
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
@@ -750,6 +766,42 @@ static bool resume_preempted(struct task_struct *p, u64 enq_flags)
 	return true;
 }
 
+/*
+ * The plugin's slice renewal rule: a task of a covered class whose slice ran
+ * out goes back into its shared queue at its key as it stands now
+ * (current_key, the key the plugin's vtime rule would give it) for another
+ * slice, without a host round trip. Without this, a hog's slice end while
+ * another task waited (a task the host's own wake-up preempted, say) cost a
+ * record, a host wake-up, which preempts again, and an idle turn. Bounded:
+ * renew_max times in a row, then its record goes to the host, which charges
+ * every run since (records carry cumulative runtime and the last decision's
+ * key). Only while the host holds no task: one it holds may rank first,
+ * and the renewed task would take the CPU before the host could say so.
+ * Never after a sleep the plugin has not seen (its credit is the plugin's
+ * to bound) nor after a change of its attributes (dequeue). Tolerated race:
+ * a record sent from another CPU meanwhile finds a task renewed; the host
+ * orders it by key in the shared queue, a slice late at most.
+ */
+static bool renew_slice(struct task_struct *p, u64 enq_flags)
+{
+	struct task_ctx *tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
+	u64 classes = renew_classes, key;
+
+	if (!tctx || !tctx->decided || (enq_flags & SCX_ENQ_WAKEUP) || tctx->slept ||
+	    tctx->renewals >= renew_max || tctx->class >= 64 ||
+	    !(classes & (1ULL << tctx->class)) || nr_held)
+		return false;
+	key = current_key(p, false, 0);
+	tctx->renewals++;
+	tctx->key_ran = 0;
+	/* Not inflight: the host's window counts its own decisions only, or
+	 * renewed tasks queued would keep its next pick out of the kernel. */
+	scx_bpf_dsq_insert_vtime(p, task_shared_dsq(p), tctx->key_slice ?: slice_ns, key, enq_flags);
+	__sync_fetch_and_add(&nr_renewed, 1);
+	kick_idle_cpu(p);
+	return true;
+}
+
 SEC("struct_ops/rthulhu_enqueue")
 int rthulhu_enqueue(unsigned long long *ctx)
 {
@@ -775,7 +827,7 @@ int rthulhu_enqueue(unsigned long long *ctx)
 		__sync_fetch_and_add(&nr_keep_running, 1);
 		return 0;
 	}
-	if (resume_preempted(p, enq_flags))
+	if (resume_preempted(p, enq_flags) || renew_slice(p, enq_flags))
 		return 0;
 	if (bypass) {
 		__sync_fetch_and_add(&nr_bypassed, 1);
@@ -817,7 +869,12 @@ int rthulhu_enqueue(unsigned long long *ctx)
 	r->stop_ts = tctx->stop_ts;
 	r->exec_runtime = p->se.sum_exec_runtime;
 	r->weight = p->scx.weight;
-	r->vtime = p->scx.dsq_vtime;
+	/* The last decision's key, not dsq_vtime (renewals moved that): the
+	 * plugin charges every run since its last record on top of it. */
+	if (!tctx->decided)
+		tctx->key = p->scx.dsq_vtime;
+	r->vtime = tctx->key;
+	tctx->renewals = 0;
 	r->cgroup_id = task_cgroup_id(p);
 	__builtin_memcpy(r->comm, p->comm, RTHULHU_COMM_LEN);
 	r->gen = h.gen;
@@ -845,8 +902,11 @@ int rthulhu_dequeue(unsigned long long *ctx)
 	struct task_struct *p = (void *)ctx[0];
 	struct task_ctx *tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
 
-	/* Affinity, nice, cgroup move...: the host's record is stale now. */
+	/* Affinity, nice, cgroup move...: the host's record is stale now,
+	 * and the plugin must see the task before BPF renews its slice. */
 	if (tctx) {
+		if (ctx[1] & SCX_DEQ_SCHED_CHANGE)
+			tctx->renewals = RENEW_NEVER;
 		if (take_held(tctx, p->pid))
 			notify_taken_back(p->pid, tctx->gen);
 		take_inflight(tctx);
@@ -885,6 +945,8 @@ static long dispatch_one(struct bpf_dynptr *dynptr, struct drain_ctx *dc)
 	preempt = d.flags & RTHULHU_DSP_PREEMPT;
 	tctx->decided = 1;
 	tctx->key_ran = 0;
+	tctx->key = d.vtime;
+	tctx->key_slice = d.slice_ns;
 	tctx->class = (d.flags & RTHULHU_DSP_CLASS_MASK) >> RTHULHU_DSP_CLASS_SHIFT;
 	if (tctx->class >= RTHULHU_MAX_CLASSES)
 		tctx->class = RTHULHU_MAX_CLASSES - 1;

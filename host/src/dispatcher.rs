@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use plugin_api::{
     Counters, CpuTarget, CustomScheduler, Decision, DispatchedTask, HostServices, Next, QueuedTask,
-    Sched, SchedulerBox, WakeupPreemption,
+    Sched, SchedulerBox, SliceRenewal, WakeupPreemption,
 };
 
 use crate::kernel::{ExitInfo, Kernel, KernelError, Latency, Liveness, Wake, MAX_CLASSES};
@@ -29,6 +29,8 @@ pub trait Policy {
     fn last_class(&mut self) -> u32;
     /// See [`CustomScheduler::wakeup_preemption`].
     fn wakeup_preemption(&mut self) -> Result<WakeupPreemption, String>;
+    /// See [`CustomScheduler::slice_renewal`].
+    fn slice_renewal(&mut self) -> Result<SliceRenewal, String>;
 }
 
 impl Policy for SchedulerBox {
@@ -52,6 +54,9 @@ impl Policy for SchedulerBox {
     }
     fn wakeup_preemption(&mut self) -> Result<WakeupPreemption, String> {
         SchedulerBox::wakeup_preemption(self)
+    }
+    fn slice_renewal(&mut self) -> Result<SliceRenewal, String> {
+        SchedulerBox::slice_renewal(self)
     }
 }
 
@@ -99,6 +104,9 @@ impl<T: CustomScheduler> Policy for Native<T> {
     }
     fn wakeup_preemption(&mut self) -> Result<WakeupPreemption, String> {
         Ok(self.policy.wakeup_preemption())
+    }
+    fn slice_renewal(&mut self) -> Result<SliceRenewal, String> {
+        Ok(self.policy.slice_renewal())
     }
 }
 
@@ -265,7 +273,8 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
     }
 
     /// The plugin's class names (at most [`MAX_CLASSES`], never none) and
-    /// its wake-up preemption rule, handed to the kernel side.
+    /// its wake-up preemption and slice renewal rules, handed to the kernel
+    /// side.
     fn read_classes(&mut self) -> Result<(), LoopError> {
         self.classes = self.policy.classes().map_err(LoopError::Plugin)?;
         self.classes.truncate(MAX_CLASSES);
@@ -275,8 +284,12 @@ impl<P: Policy, K: Kernel> Dispatcher<P, K> {
         let mut rule = self.policy.wakeup_preemption().map_err(LoopError::Plugin)?;
         // Only classes the loop tells the kernel about (at most
         // MAX_CLASSES, below 64) can be covered.
-        rule.classes &= (1u64 << self.classes.len()) - 1;
+        let known = (1u64 << self.classes.len()) - 1;
+        rule.classes &= known;
         self.kernel.set_wakeup_preemption(rule);
+        let mut renewal = self.policy.slice_renewal().map_err(LoopError::Plugin)?;
+        renewal.classes &= known;
+        self.kernel.set_slice_renewal(renewal);
         Ok(())
     }
 

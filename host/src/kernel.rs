@@ -173,6 +173,8 @@ pub trait Kernel {
     }
     /// Applies the plugin's wake-up preemption rule.
     fn set_wakeup_preemption(&mut self, _rule: plugin_api::WakeupPreemption) {}
+    /// Applies the plugin's slice renewal rule.
+    fn set_slice_renewal(&mut self, _rule: plugin_api::SliceRenewal) {}
     /// Wake-up latency per task class, as the kernel side measured it
     /// (empty where it measures none).
     fn latency(&self) -> Latency {
@@ -225,6 +227,8 @@ described! {
         quiet_records: u64 => "Records sent without waking the host (a backlog, and every CPU's next task queued).",
         #[serde(default)]
         resumed: u64 => "Preempted tasks that finished their slice at their last key, without a host round trip.",
+        #[serde(default)]
+        renewed: u64 => "Slices renewed in the kernel by the plugin's renewal rule (a covered task whose slice ran out queued again at its current key, without a host round trip).",
     }
 }
 

@@ -321,12 +321,13 @@ pub fn read(socket: &Path) -> std::io::Result<Snapshot> {
 pub fn line(s: &Snapshot) -> String {
     let k = &s.kernel;
     let mut l = format!(
-        "{} up {:.0}s | {:.0} decisions/s, pending {}, busy {:.1}% | running {} queued {} | dispatched user {} kernel {} bounced {} failed {} | congested {}",
+        "{} up {:.0}s | {:.0} decisions/s, pending {}, busy {:.1}%, rounds {} | running {} queued {} | dispatched user {} kernel {} bounced {} failed {} | congested {}",
         s.plugin,
         s.uptime_s,
         s.host.decisions_per_sec,
         s.host.pending,
         s.host.busy_share * 100.0,
+        s.host.rounds,
         k.running,
         k.queued,
         k.user_dispatches,
@@ -337,7 +338,7 @@ pub fn line(s: &Snapshot) -> String {
     );
     let v = &s.liveness;
     l.push_str(&format!(
-        " | held {} direct {} keep {} stale {} ghosts {} rescues {} rescued {} bypassed {} reenqueued {} urgent {} (missed: burst {} sleep {} backlog {} cpu {} key {}) quiet {} resumed {}",
+        " | held {} direct {} keep {} stale {} ghosts {} rescues {} rescued {} bypassed {} reenqueued {} urgent {} (missed: burst {} sleep {} backlog {} cpu {} key {}) quiet {} resumed {} renewed {} woken {}",
         v.held,
         v.direct_dispatches,
         v.keep_running,
@@ -354,7 +355,9 @@ pub fn line(s: &Snapshot) -> String {
         v.urgent_missed_cpu,
         v.urgent_missed_key,
         v.quiet_records,
-        v.resumed
+        v.resumed,
+        v.renewed,
+        v.host_wakeups
     ));
     l.push_str(&format!(" | faults {}", s.host.page_faults));
     for (name, value) in &s.plugin_counters {

@@ -27,7 +27,7 @@ pub use module::{make_module, PluginMod, PluginModRef};
 pub use sched::{HostCtx, HostServices, Sched};
 pub use scheduler::{
     decide, CustomScheduler, Decision, ErasedScheduler, NamedCounter, Next, SchedulerBox,
-    WakeupPreemption,
+    SliceRenewal, WakeupPreemption,
 };
 pub use task::{
     Counters, CpuTarget, DispatchedTask, QueuedTask, COMM_LEN, ENQ_SLEPT, ENQ_WAKEUP, WEIGHT_NICE_0,

@@ -168,6 +168,15 @@ pub trait CustomScheduler: Send + Sized + 'static {
         WakeupPreemption::default()
     }
 
+    /// The rule by which the kernel gives a task a new slice when its slice
+    /// runs out, without a round trip through the host (see
+    /// [`SliceRenewal`]). Asked at the start and after every
+    /// reconfiguration. The default: it never does, every slice end comes
+    /// back to the plugin.
+    fn slice_renewal(&self) -> SliceRenewal {
+        SliceRenewal::default()
+    }
+
     /// Applies a new `[plugin]` table at run time. The default refuses, and
     /// the host keeps the current settings.
     fn reconfigure(&mut self, _config: &str) -> Result<(), String> {
@@ -208,6 +217,51 @@ impl WakeupPreemption {
     /// Whether tasks of `class` may preempt at wake-up.
     pub fn covers(&self, class: u32) -> bool {
         class < 64 && self.classes & (1 << class) != 0
+    }
+}
+
+/// Which tasks the kernel queues again on its own when their slice runs
+/// out: those of the classes in `classes` (bit i: class i, see
+/// [`CustomScheduler::task_class`]), at most `max_renewals` times in a row.
+/// Such a task goes back into the kernel's queue at its key as it stands
+/// now — its last [`Decision::vtime`] advanced by the CPU time it used since,
+/// weighted as vtime (ns × 100 / weight) — with its last decision's slice,
+/// and the plugin does not see it; after `max_renewals` renewals its record
+/// comes to the plugin as usual. That record carries every run since the
+/// last one (`exec_runtime`) and, as `vtime`, the last decision's key, so a
+/// plugin that charges what ran since its last record on top of that key
+/// ends where the kernel's renewals did.
+///
+/// Never renewed: a task that slept since its last record (its sleeper
+/// credit is the plugin's to bound), a task whose attributes changed
+/// (affinity, nice, cgroup), a task preempted or yielding (it finishes its
+/// slice at its key, as always), and a task the plugin has not decided on
+/// yet. Only for plugins whose order is a vtime charged with CPU time:
+/// a plugin that acts on each slice end (demoting a hog, say) must leave
+/// those classes out. A renewed task may run ahead of a task the plugin
+/// aged ([`AgingPool`](crate::AgingPool)) for at most `max_renewals` slices.
+///
+/// ```
+/// use plugin_api::SliceRenewal;
+/// // Class 0 is renewed up to 4 slices in a row.
+/// let rule = SliceRenewal { classes: 1, max_renewals: 4 };
+/// assert!(rule.covers(0) && !rule.covers(1));
+/// assert!(!SliceRenewal::default().covers(0));
+/// ```
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SliceRenewal {
+    /// Bit i set: tasks of class i may have their slice renewed.
+    pub classes: u64,
+    /// Renewals in a row before the task's record comes to the plugin
+    /// again (0: none).
+    pub max_renewals: u64,
+}
+
+impl SliceRenewal {
+    /// Whether tasks of `class` may have their slice renewed.
+    pub fn covers(&self, class: u32) -> bool {
+        self.max_renewals > 0 && class < 64 && self.classes & (1 << class) != 0
     }
 }
 
@@ -321,6 +375,9 @@ pub struct SchedulerVTable {
     #[cfg(not(feature = "first-layout"))]
     #[sabi(missing_field(option))]
     class_selectors: unsafe extern "C" fn(*mut ErasedScheduler) -> Call<RVec<RString>>,
+    #[cfg(not(feature = "first-layout"))]
+    #[sabi(missing_field(option))]
+    slice_renewal: unsafe extern "C" fn(*mut ErasedScheduler) -> Call<SliceRenewal>,
 }
 
 /// A counter a plugin publishes ([`CustomScheduler::counters`]).
@@ -417,6 +474,17 @@ impl SchedulerBox {
             return plain(unsafe { f(self.this) });
         }
         Ok(WakeupPreemption::default())
+    }
+
+    /// See [`CustomScheduler::slice_renewal`]; none for a plugin that
+    /// predates it.
+    pub fn slice_renewal(&mut self) -> Result<SliceRenewal, String> {
+        #[cfg(not(feature = "first-layout"))]
+        if let Some(f) = self.vtable.slice_renewal() {
+            // SAFETY: as above.
+            return plain(unsafe { f(self.this) });
+        }
+        Ok(SliceRenewal::default())
     }
 
     /// The class of the task in the last decision
@@ -532,6 +600,8 @@ impl<T: CustomScheduler> VTableFor<T> {
         wakeup_preemption: wakeup_preemption::<T>,
         #[cfg(not(feature = "first-layout"))]
         class_selectors: class_selectors::<T>,
+        #[cfg(not(feature = "first-layout"))]
+        slice_renewal: slice_renewal::<T>,
     });
     const REF: SchedulerVTableRef = SchedulerVTableRef(Self::WM.static_as_prefix());
 }
@@ -617,6 +687,12 @@ unsafe extern "C" fn wakeup_preemption<T: CustomScheduler>(
     guarded::<T, _>(this, &Cell::new("wakeup_preemption"), |p| {
         p.wakeup_preemption()
     })
+}
+#[cfg(not(feature = "first-layout"))]
+unsafe extern "C" fn slice_renewal<T: CustomScheduler>(
+    this: *mut ErasedScheduler,
+) -> Call<SliceRenewal> {
+    guarded::<T, _>(this, &Cell::new("slice_renewal"), |p| p.slice_renewal())
 }
 unsafe extern "C" fn drop_box<T: CustomScheduler>(this: *mut ErasedScheduler) {
     // A panicking Drop must not unwind into the host either; leaking is the lesser harm.

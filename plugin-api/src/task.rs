@@ -56,7 +56,9 @@ pub struct QueuedTask {
     pub weight: u64,
     /// Virtual time. The plugin may rewrite it before handing the task back:
     /// tasks sent to [`CpuTarget::Any`] wait in a kernel queue ordered by it
-    /// (lowest first), and the kernel keeps it for the task's next record.
+    /// (lowest first), and the kernel keeps it for the task's next record:
+    /// a record carries the vtime of the plugin's last decision on the task,
+    /// even when the kernel renewed its slice since ([`SliceRenewal`](crate::SliceRenewal)).
     pub vtime: u64,
     /// Id of the task's cgroup (its inode number in cgroupfs).
     pub cgroup_id: u64,
@@ -96,19 +98,29 @@ impl QueuedTask {
 
     /// The part of `ran` (from [`ran_since`](Self::ran_since)) that belongs
     /// to the task's current burst (CPU time since it last woke): all of it
-    /// when the plugin saw every run, but at most the last run when not. Runs
-    /// the plugin never saw (wake-ups placed straight onto a CPU, preempting
-    /// wake-ups decided in the kernel) had sleeps between them, so summing
-    /// them would make a task that sleeps often look like a hog.
+    /// when the task has not slept since its last record (no
+    /// [`ENQ_SLEPT`]: its runs since, resumed after a preemption or renewed
+    /// by the kernel, are one burst), but at most the last run when it has.
+    /// Runs the plugin never saw after a sleep (wake-ups placed straight
+    /// onto a CPU, preempting wake-ups decided in the kernel) had sleeps
+    /// between them, so summing them would make a task that sleeps often
+    /// look like a hog.
     ///
     /// ```
-    /// use plugin_api::QueuedTask;
+    /// use plugin_api::{QueuedTask, ENQ_SLEPT};
     /// // 40 ms of CPU since the plugin's last record, but the last run was 100 µs.
-    /// let t = QueuedTask { start_ts: 1_000_000, stop_ts: 1_100_000, ..Default::default() };
+    /// let mut t = QueuedTask { start_ts: 1_000_000, stop_ts: 1_100_000, ..Default::default() };
+    /// // No sleep since the last record: one burst.
+    /// assert_eq!(t.burst_part(40_000_000), 40_000_000);
+    /// // It slept: only the last run is sure to be this burst's.
+    /// t.flags |= ENQ_SLEPT;
     /// assert_eq!(t.burst_part(40_000_000), 100_000);
     /// assert_eq!(t.burst_part(50_000), 50_000);
     /// ```
     pub fn burst_part(&self, ran: u64) -> u64 {
+        if self.flags & ENQ_SLEPT == 0 {
+            return ran;
+        }
         ran.min(self.stop_ts.saturating_sub(self.start_ts))
     }
 

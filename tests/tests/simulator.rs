@@ -329,3 +329,58 @@ fn a_cache_whose_cpus_rt_tasks_hold_does_not_strand_its_queue() {
     let wait = group(&r, "hog")["wait_max_ns"].as_u64().unwrap();
     assert!(wait < 60_000_000, "a hog waited {} ms", wait / 1_000_000);
 }
+
+#[test]
+fn renewed_slices_spare_host_rounds_without_moving_the_shares() {
+    // Two hogs on two CPUs and a sleeper that preempts one of them (its
+    // last run is short): the hog it preempts waits, so the other's slice
+    // end finds a task waiting and cannot keep its CPU. Each plugin renews
+    // such a slice in the kernel instead of asking the host.
+    let w = workload(
+        "renewal",
+        "cpus = 2\nduration_ms = 3000\nseed = 5\n\
+         [[group]]\nname = \"hog\"\ncount = 2\nbehaviour = { kind = \"cpu-bound\" }\n\
+         [[group]]\nname = \"sleeper\"\ncount = 1\n\
+         behaviour = { kind = \"bursty\", run_us = 800, sleep_us = 2500, jitter = 0.5 }\n",
+    );
+    for p in ["simple", "deadline", "strategy"] {
+        let (out, on) = simulate(p, "", &w);
+        assert!(out.status.success(), "{p}: {}", stderr(&out));
+        let (out, off) = simulate(p, "renew_slices = 0", &w);
+        assert!(out.status.success(), "{p}: {}", stderr(&out));
+        let renewed = on["renewed"].as_u64().unwrap();
+        assert!(renewed > 50, "{p}: {renewed} renewals: {on}");
+        assert_eq!(off["renewed"], 0, "{p}: {off}");
+        // Slice ends with nothing waiting keep the CPU (SCX_ENQ_LAST).
+        assert!(on["kept"].as_u64().unwrap() > 0, "{p}: {on}");
+        let (rounds_on, rounds_off) = (
+            on["host_rounds"].as_u64().unwrap(),
+            off["host_rounds"].as_u64().unwrap(),
+        );
+        assert!(
+            rounds_on * 10 < rounds_off * 9,
+            "{p}: {rounds_on} host rounds with renewals, {rounds_off} without"
+        );
+        for g in ["hog", "sleeper"] {
+            let (a, b) = (
+                group(&on, g)["cpu_share"].as_f64().unwrap(),
+                group(&off, g)["cpu_share"].as_f64().unwrap(),
+            );
+            assert!((a - b).abs() < 0.02, "{p}: {g} share {a:.3} against {b:.3}");
+        }
+    }
+}
+
+#[test]
+fn no_slice_is_renewed_while_the_host_holds_a_task() {
+    // Eight hogs on four CPUs: the plugin always holds some, which may rank
+    // before a hog whose slice ends, so every slice end goes to the plugin
+    // (the host's own order, as without renewals).
+    let (out, r) = simulate(
+        "simple",
+        "",
+        &repo().join("configs/workloads/interactive.toml"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(r["renewed"], 0, "{r}");
+}

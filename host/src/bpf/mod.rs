@@ -455,6 +455,7 @@ impl Kernel for BpfKernel<'_> {
             urgent_missed_key: atomic_load(&b.nr_urgent_missed_key),
             quiet_records: atomic_load(&b.nr_quiet_records),
             resumed: atomic_load(&b.nr_resumed),
+            renewed: atomic_load(&b.nr_renewed),
         }
     }
 
@@ -462,6 +463,16 @@ impl Kernel for BpfKernel<'_> {
         if let Some(b) = self.skel.maps.bss_data.as_deref_mut() {
             atomic_store(&mut b.urgent_burst_ns, rule.max_burst_ns);
             atomic_store(&mut b.urgent_classes, rule.classes);
+        }
+    }
+
+    fn set_slice_renewal(&mut self, rule: plugin_api::SliceRenewal) {
+        if let Some(b) = self.skel.maps.bss_data.as_deref_mut() {
+            // Below the BPF side's "never" mark, so a changed task still
+            // comes to the plugin first.
+            let max = rule.max_renewals.min(u64::from(u32::MAX - 1));
+            atomic_store(&mut b.renew_max, max);
+            atomic_store(&mut b.renew_classes, rule.classes);
         }
     }
 

@@ -71,6 +71,13 @@ struct Task {
     keyed: bool,
     /// `exec_runtime` when its key was given (`key_ran` in main.bpf.c).
     key_exec: u64,
+    /// Its last host decision's key: what its record reports as vtime
+    /// (`vtime` moves with renewals).
+    key: u64,
+    /// Slices renewed without the host since its last record.
+    renewals: u64,
+    /// Waits in a shared queue by a renewal (outside the host's window).
+    renewed_queued: bool,
     /// Slice left when it was last preempted (0: it was not).
     resume: u64,
     /// Since when the host holds it (its record was sent, no decision yet).
@@ -197,6 +204,13 @@ pub struct Simulator {
     pub quiet_records: u64,
     /// Preempted tasks that finished their slice at their key, as BPF does.
     pub resumed: u64,
+    /// Slices renewed by the plugin's rule, as BPF does (`renew_slice`).
+    pub renewed: u64,
+    /// Renewed tasks waiting in the shared queues.
+    renewed_queued: usize,
+    /// Tasks whose slice ran out and that kept their CPU, nothing else
+    /// waiting (BPF: `SCX_ENQ_LAST`).
+    pub kept: u64,
     builtin_idle: bool,
     /// Tasks waiting in all local queues together.
     local_queued: usize,
@@ -211,6 +225,8 @@ pub struct Simulator {
     class_latency: Box<Latency>,
     /// The plugin's wake-up preemption rule, applied as the BPF side does.
     preemption: Option<plugin_api::WakeupPreemption>,
+    /// The plugin's slice renewal rule, likewise.
+    renewal: plugin_api::SliceRenewal,
     /// Wake-ups that preempted by that rule.
     pub urgent_wakeups: u64,
     /// The CPU whose running task is waking others, if any: the CPU the
@@ -278,6 +294,9 @@ impl Simulator {
             unnotified: false,
             quiet_records: 0,
             resumed: 0,
+            renewed: 0,
+            renewed_queued: 0,
+            kept: 0,
             builtin_idle: true,
             local_queued: 0,
             preemptions: 0,
@@ -288,6 +307,7 @@ impl Simulator {
             latencies: Vec::new(),
             class_latency: Box::default(),
             preemption: None,
+            renewal: plugin_api::SliceRenewal::default(),
             urgent_wakeups: 0,
             waking_on: None,
             recent_runs: VecDeque::new(),
@@ -346,6 +366,9 @@ impl Simulator {
                     decided: false,
                     keyed: false,
                     key_exec: 0,
+                    key: 0,
+                    renewals: 0,
+                    renewed_queued: false,
                     resume: 0,
                     held_since: None,
                     allowed: g.cpus.clone(),
@@ -565,6 +588,9 @@ impl Simulator {
             decided: false,
             keyed: false,
             key_exec: 0,
+            key: 0,
+            renewals: 0,
+            renewed_queued: false,
             resume: 0,
             held_since: None,
             forked: true,
@@ -706,7 +732,7 @@ impl Simulator {
                 stop_ts: t.stop_ts,
                 exec_runtime: t.exec_runtime,
                 weight: t.weight,
-                vtime: t.vtime,
+                vtime: if t.keyed { t.key } else { t.vtime },
                 cgroup_id: t.cgroup_id,
                 comm: [0; 16],
             };
@@ -717,6 +743,7 @@ impl Simulator {
                 .map_or(q.nr_cpus_allowed, |a| a.len() as u32);
             t.forked = false;
             t.slept = false;
+            t.renewals = 0;
             t.held_since = Some(now);
             self.held += 1;
             self.ring.push_back(q);
@@ -823,13 +850,18 @@ impl Simulator {
         self.stop(cpu);
     }
 
-    /// A task still runnable after it stopped: a preempted one with slice
-    /// left and a key finishes its slice from the shared queue, any other
-    /// goes to the host.
-    fn requeue(&mut self, i: usize) {
+    /// A task still runnable after it stopped on `cpu`, in the BPF side's
+    /// order: a preempted one with slice left and a key finishes its slice
+    /// from the shared queue; one whose slice ran out keeps its CPU when
+    /// nothing else waits (`SCX_ENQ_LAST`), or gets a new slice by the
+    /// plugin's renewal rule; any other goes to the host.
+    fn requeue(&mut self, i: usize, cpu: u32) {
         let t = &mut self.tasks[i];
         let left = std::mem::take(&mut t.resume);
         if left == 0 || !t.keyed {
+            if self.keep(i, cpu) || self.renew(i) {
+                return;
+            }
             self.enqueue(i);
             return;
         }
@@ -841,6 +873,65 @@ impl Simulator {
         self.resumed += 1;
         self.push_shared(key, i);
         self.kick_idle_for(i);
+    }
+
+    /// The last task of `cpu` keeps it for another slice: its slice ran out,
+    /// nothing waits for this CPU, and nothing waits in our custody (BPF:
+    /// ops.dispatch found nothing, then `SCX_ENQ_LAST` and `nothing_waits`).
+    fn keep(&mut self, i: usize, cpu: u32) -> bool {
+        let c = &self.cpus[cpu as usize];
+        if c.rt_busy
+            || !c.local.is_empty()
+            || self.held > 0
+            || !self.fallback.is_empty()
+            || self.shared_len() > 0
+            || !self.can_run(i, cpu)
+        {
+            return false;
+        }
+        self.kept += 1;
+        let t = &mut self.tasks[i];
+        t.state = State::Waiting;
+        t.runnable_since = self.now;
+        t.slice = KERNEL_SLICE_NS;
+        self.run(cpu, i);
+        true
+    }
+
+    /// The plugin's slice renewal rule (`renew_slice` in main.bpf.c): a task
+    /// it has keyed, of a covered class, that has not slept since its last
+    /// record and was renewed fewer than `max_renewals` times since, goes
+    /// back into the shared queue at its current key with its last slice,
+    /// while the host holds no task. It does not count in the host's
+    /// window (`occupancy`).
+    fn renew(&mut self, i: usize) -> bool {
+        let rule = self.renewal;
+        let t = &self.tasks[i];
+        if !t.keyed
+            || t.slept
+            || t.renewals >= rule.max_renewals
+            || !rule.covers(t.class as u32)
+            || self.held > 0
+        {
+            return false;
+        }
+        let key = self.current_key(i, 0);
+        let t = &mut self.tasks[i];
+        t.renewals += 1;
+        t.vtime = key;
+        t.key_exec = t.exec_runtime;
+        // The plugin's order by its own rule: its run counts in the
+        // look-ahead window's measure like a decision's.
+        t.decided = true;
+        t.renewed_queued = true;
+        self.renewed_queued += 1;
+        t.state = State::Waiting;
+        t.runnable_since = self.now;
+        t.queued_on_dsq = true;
+        self.renewed += 1;
+        self.push_shared(key, i);
+        self.kick_idle_for(i);
+        true
     }
 
     /// The running task on `cpu` stops: its burst ended or its slice expired.
@@ -869,7 +960,7 @@ impl Simulator {
             if self.tasks[i].work_left == 0 {
                 self.tasks[i].state = State::Sleeping;
             } else {
-                self.requeue(i);
+                self.requeue(i, cpu);
             }
             for w in wakes {
                 self.wake(w);
@@ -897,7 +988,7 @@ impl Simulator {
             }
         } else {
             self.groups[t.group].runs += u64::from(matches!(t.behaviour, Behaviour::CpuBound {}));
-            self.requeue(i);
+            self.requeue(i, cpu);
         }
         self.next_on(cpu);
     }
@@ -1078,6 +1169,9 @@ impl Simulator {
         let t = &mut self.tasks[i];
         t.state = State::Running;
         t.queued_on_dsq = false;
+        if std::mem::take(&mut t.renewed_queued) {
+            self.renewed_queued -= 1;
+        }
         if std::mem::take(&mut t.decided) {
             self.decided_runs += 1;
             self.recent_runs.push_back((now, t.vtime));
@@ -1259,6 +1353,7 @@ impl Kernel for Simulator {
         t.keyed = true;
         t.key_exec = t.exec_runtime;
         t.vtime = d.vtime;
+        t.key = d.vtime;
         t.slice = d.slice_ns.max(1);
         t.queued_on_dsq = true;
         t.class = ((d.flags >> DISPATCH_CLASS_SHIFT) & 0xff).min(MAX_CLASSES as u64 - 1) as usize;
@@ -1297,6 +1392,10 @@ impl Kernel for Simulator {
 
     fn latency(&self) -> Latency {
         *self.class_latency
+    }
+
+    fn set_slice_renewal(&mut self, rule: plugin_api::SliceRenewal) {
+        self.renewal = rule;
     }
 
     fn set_wakeup_preemption(&mut self, rule: plugin_api::WakeupPreemption) {
@@ -1338,7 +1437,8 @@ impl Kernel for Simulator {
         // Decisions land at once here: nothing is ever on its way.
         Occupancy {
             running: self.counters.nr_running,
-            inflight: (self.local_queued + self.shared_len() + self.fallback.len()) as u64,
+            inflight: (self.local_queued + self.shared_len() + self.fallback.len()
+                - self.renewed_queued) as u64,
             unsent: 0,
             idle_cpus: self
                 .cpus
@@ -1404,6 +1504,8 @@ pub fn simulate<P: crate::dispatcher::Policy>(
         urgent_wakeups: d.kernel.urgent_wakeups,
         quiet_records: d.kernel.quiet_records,
         resumed: d.kernel.resumed,
+        renewed: d.kernel.renewed,
+        kept: d.kernel.kept,
         host_rounds: d.stats.rounds,
         decided_runs: d.kernel.decided_runs,
         inversions: d.kernel.inversions,

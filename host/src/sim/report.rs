@@ -106,6 +106,10 @@ pub struct SimReport {
     pub quiet_records: u64,
     /// Preempted tasks that finished their slice at their key, without the host.
     pub resumed: u64,
+    /// Slices renewed by the plugin's renewal rule, without the host.
+    pub renewed: u64,
+    /// Slices that ran out with nothing else waiting: the task kept its CPU.
+    pub kept: u64,
     /// Rounds the host ran (each one a wake-up on the real path).
     pub host_rounds: u64,
     /// Runs that started from a host decision that did not preempt (the
@@ -171,6 +175,11 @@ impl fmt::Display for SimReport {
             self.inversions,
             self.decided_runs,
             self.inversions as f64 * 100.0 / self.decided_runs.max(1) as f64
+        )?;
+        writeln!(
+            f,
+            "kernel side alone: {} slices kept (nothing else waited), {} renewed by the plugin's rule, {} resumed after preemption, {} host rounds",
+            self.kept, self.renewed, self.resumed, self.host_rounds
         )?;
         for c in &self.classes {
             writeln!(

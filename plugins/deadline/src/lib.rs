@@ -13,13 +13,15 @@
 //! (1000), `max_credit_us` (5000: how far behind the pack a sleeper may
 //! come back), `max_penalty_us` (20000: cap of the burst term of the
 //! deadline), `preempt_burst_us` (1000: bursts at most this long may
-//! preempt; 0 disables preemption), `idle_pick` (true).
+//! preempt; 0 disables preemption), `idle_pick` (true), `renew_slices` (4:
+//! slices in a row the kernel may renew at a task's current key before its
+//! record comes here again; 0: never).
 
 use std::collections::HashMap;
 
 use plugin_api::{
-    AgingPool, CpuTarget, CustomScheduler, QueuedTask, Sched, VirtualClock, WakeupPreemption,
-    ENQ_SLEPT, ENQ_WAKEUP, WEIGHT_NICE_0,
+    AgingPool, CpuTarget, CustomScheduler, QueuedTask, Sched, SliceRenewal, VirtualClock,
+    WakeupPreemption, ENQ_SLEPT, ENQ_WAKEUP, WEIGHT_NICE_0,
 };
 use serde::Deserialize;
 
@@ -33,6 +35,7 @@ struct Settings {
     preempt_burst_us: u64,
     idle_pick: bool,
     max_wait_ms: u64,
+    renew_slices: u64,
 }
 
 impl Default for Settings {
@@ -47,6 +50,7 @@ impl Default for Settings {
             preempt_burst_us: 1000,
             idle_pick: true,
             max_wait_ms: 100,
+            renew_slices: 4,
         }
     }
 }
@@ -154,6 +158,9 @@ impl CustomScheduler for Deadline {
         if cfg.max_wait_ms > 3_600_000 {
             return Err(format!("max_wait_ms {} is over an hour", cfg.max_wait_ms));
         }
+        if cfg.renew_slices > 1000 {
+            return Err(format!("renew_slices {} is over 1000", cfg.renew_slices));
+        }
         Ok(Deadline {
             pool: AgingPool::new(cfg.max_wait_ms * 1_000_000),
             cfg,
@@ -239,6 +246,17 @@ impl CustomScheduler for Deadline {
         WakeupPreemption {
             classes: if limit > 0 { 1 << 1 } else { 0 },
             max_burst_ns: limit,
+        }
+    }
+
+    /// Every task, `renew_slices` times in a row: a renewal advances the
+    /// key by the run, as the vruntime part of the deadline would; the
+    /// burst part catches up at the next record (every run since, without
+    /// a sleep, is one burst).
+    fn slice_renewal(&self) -> SliceRenewal {
+        SliceRenewal {
+            classes: u64::MAX,
+            max_renewals: self.cfg.renew_slices,
         }
     }
 
@@ -341,6 +359,26 @@ mod tests {
         let floor = d.clock.now() - d.cfg.max_credit_us * 1000;
         let v = d.tasks[&11].vruntime;
         assert!(v >= floor, "vruntime {v}, credit floor {floor}");
+    }
+
+    #[test]
+    fn a_hog_renewed_in_the_kernel_is_charged_its_whole_burst() {
+        let mut d = Deadline::new("").unwrap();
+        let mut first = host(vec![rec(20, 0, true)]);
+        Sched::with(&mut first, |s| d.drain_queued_tasks(s));
+        // 25 ms since its last record, in slices of 5 ms the kernel renewed
+        // without a sleep between them: all one burst, not the last run.
+        let mut t = rec(20, 25_000, false);
+        (t.start_ts, t.stop_ts) = (20_000_000, 25_000_000);
+        let mut then = host(vec![t]);
+        Sched::with(&mut then, |s| d.drain_queued_tasks(s));
+        assert_eq!(d.tasks[&20].burst, 25_000_000);
+        // Renewed up to `renew_slices` times, whatever its class.
+        let rule = d.slice_renewal();
+        assert!(rule.covers(0) && rule.covers(1) && rule.max_renewals == 4);
+        let off = Deadline::new("renew_slices = 0").unwrap().slice_renewal();
+        assert!(!off.covers(0) && !off.covers(1));
+        assert!(Deadline::new("renew_slices = 1001").is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ struct Raw {
     max_burst_us: u64,
     max_wait_ms: u64,
     max_credit_us: u64,
+    renew_slices: u64,
     #[serde(rename = "strategy")]
     strategies: Vec<RawStrategy>,
 }
@@ -19,6 +20,7 @@ impl Default for Raw {
             max_burst_us: 5000,
             max_wait_ms: 100,
             max_credit_us: 5000,
+            renew_slices: 4,
             strategies: Vec::new(),
         }
     }
@@ -101,6 +103,9 @@ pub struct Settings {
     pub max_wait_ns: u64,
     /// How far behind the others a sleeper may come back (vtime).
     pub max_credit_ns: u64,
+    /// Slices in a row the kernel may renew for an unmatched task before
+    /// its record comes back (0: never).
+    pub renew_slices: u64,
     /// Strategies, first match wins.
     pub strategies: Vec<Strategy>,
 }
@@ -111,6 +116,9 @@ impl Settings {
         let raw: Raw = toml::from_str(text).map_err(|e| e.message().trim().to_string())?;
         if raw.max_burst_us == 0 || raw.max_wait_ms == 0 {
             return Err("max_burst_us and max_wait_ms must be positive".into());
+        }
+        if raw.renew_slices > 1000 {
+            return Err(format!("renew_slices {} is over 1000", raw.renew_slices));
         }
         let mut strategies = Vec::new();
         for (i, s) in raw.strategies.into_iter().enumerate() {
@@ -164,6 +172,7 @@ impl Settings {
             max_burst_ns: us_to_ns(raw.max_burst_us, "max_burst_us")?,
             max_wait_ns: us_to_ns(raw.max_wait_ms.saturating_mul(1000), "max_wait_ms")?,
             max_credit_ns: us_to_ns(raw.max_credit_us, "max_credit_us")?,
+            renew_slices: raw.renew_slices,
             strategies,
         })
     }

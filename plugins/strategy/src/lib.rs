@@ -13,7 +13,10 @@
 //! Starvation guard: a matched task that runs longer than `max_burst_us`
 //! without sleeping loses its priority until it sleeps (a prioritised CPU
 //! hog cannot take the machine), and any task that has waited `max_wait_ms`
-//! runs next whatever its level.
+//! runs next whatever its level. An unmatched task whose slice runs out
+//! gets up to `renew_slices` (4; 0: never) new slices in a row from the
+//! kernel, at its vtime charged with the run, before its record comes here
+//! again; a matched task's always does.
 //!
 //! ```toml
 //! [plugin]
@@ -32,8 +35,8 @@ mod config;
 use std::collections::{BTreeMap, HashMap};
 
 use plugin_api::{
-    CpuTarget, CustomScheduler, QueuedTask, Sched, VirtualClock, WakeupPreemption, COMM_LEN,
-    ENQ_SLEPT, ENQ_WAKEUP, WEIGHT_NICE_0,
+    CpuTarget, CustomScheduler, QueuedTask, Sched, SliceRenewal, VirtualClock, WakeupPreemption,
+    COMM_LEN, ENQ_SLEPT, ENQ_WAKEUP, WEIGHT_NICE_0,
 };
 
 use config::{Settings, Strategy};
@@ -349,6 +352,16 @@ impl CustomScheduler for StrategyPolicy {
         WakeupPreemption {
             classes,
             max_burst_ns: self.cfg.max_burst_ns,
+        }
+    }
+
+    /// Unmatched tasks only, `renew_slices` times in a row: their order is
+    /// vtime, which a renewal charges as we would. A matched task's slice
+    /// end must come here, where the guard demotes a matched hog.
+    fn slice_renewal(&self) -> SliceRenewal {
+        SliceRenewal {
+            classes: 1,
+            max_renewals: self.cfg.renew_slices,
         }
     }
 

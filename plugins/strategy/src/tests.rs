@@ -134,11 +134,12 @@ fn a_prioritised_hog_loses_priority_and_waiters_are_not_starved() {
         "2 ms since it woke: demoted again"
     );
     // 2 ms more in many short runs between sleeps the plugin did not see
-    // (the last one 100 µs): a sleeper, not a hog, once it wakes again.
+    // (the last one 100 µs; the record says it slept): a sleeper, not a
+    // hog, once it wakes again.
     host.queue.push_back(task(1, 1, "yes", 1));
     run(&mut p, &mut host);
     let mut sleeper = task(1, 1, "yes", 1);
-    sleeper.flags = 0;
+    sleeper.flags = plugin_api::ENQ_SLEPT;
     sleeper.exec_runtime = 6_000_000;
     (sleeper.start_ts, sleeper.stop_ts) = (9_900_000, 10_000_000);
     host.queue.extend([sleeper, task(2, 2, "other", 1)]);
@@ -242,6 +243,17 @@ fn unmatched_and_prioritised_tasks_preempt_at_wake_up() {
     // Class 0 (unmatched) and 1 (priority 3); class 2 only sets a slice.
     assert!(rule.covers(0) && rule.covers(1) && !rule.covers(2));
     assert_eq!(rule.max_burst_ns, 800_000);
+}
+
+#[test]
+fn only_unmatched_tasks_have_their_slices_renewed() {
+    let rule = StrategyPolicy::new(CONFIG).unwrap().slice_renewal();
+    // A matched hog's slice end must come here, where the guard demotes it.
+    assert!(rule.covers(0) && !rule.covers(1));
+    assert_eq!(rule.max_renewals, 4);
+    let off = StrategyPolicy::new("renew_slices = 0").unwrap();
+    assert!(!off.slice_renewal().covers(0));
+    assert!(StrategyPolicy::new("renew_slices = 1001").is_err());
 }
 
 #[test]
