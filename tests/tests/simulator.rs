@@ -333,12 +333,13 @@ fn a_cache_whose_cpus_rt_tasks_hold_does_not_strand_its_queue() {
 #[test]
 fn renewed_slices_spare_host_rounds_without_moving_the_shares() {
     // Two hogs on two CPUs and a sleeper that preempts one of them (its
-    // last run is short): the hog it preempts waits, so the other's slice
-    // end finds a task waiting and cannot keep its CPU. Each plugin renews
-    // such a slice in the kernel instead of asking the host.
+    // last run is short), as does the host thread each round: the hog
+    // preempted waits, so the other's slice end finds a task waiting and
+    // cannot keep its CPU. Each plugin renews such a slice in the kernel
+    // instead of asking the host.
     let w = workload(
         "renewal",
-        "cpus = 2\nduration_ms = 3000\nseed = 5\n\
+        "cpus = 2\nduration_ms = 3000\nseed = 5\nhost_latency_us = 50\n\
          [[group]]\nname = \"hog\"\ncount = 2\nbehaviour = { kind = \"cpu-bound\" }\n\
          [[group]]\nname = \"sleeper\"\ncount = 1\n\
          behaviour = { kind = \"bursty\", run_us = 800, sleep_us = 2500, jitter = 0.5 }\n",
@@ -383,4 +384,33 @@ fn no_slice_is_renewed_while_the_host_holds_a_task() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(r["renewed"], 0, "{r}");
+}
+
+#[test]
+fn the_host_thread_holds_a_cpu_for_each_round() {
+    // One CPU, a hog and a sleeper whose wake-ups go through the host (no
+    // preemption in the kernel, no renewals): each round, 200 µs here, is
+    // CPU time no task gets, and the hog the host thread preempts finishes
+    // its slice from the shared queue, as on the real path.
+    let w = workload(
+        "host-cpu",
+        "cpus = 1\nduration_ms = 2000\nseed = 3\nhost_latency_us = 200\n\
+         [[group]]\nname = \"hog\"\ncount = 1\nbehaviour = { kind = \"cpu-bound\" }\n\
+         [[group]]\nname = \"sleeper\"\ncount = 1\n\
+         behaviour = { kind = \"bursty\", run_us = 100, sleep_us = 2000 }\n",
+    );
+    let (out, r) = simulate("simple", "preempt_burst_us = 0\nrenew_slices = 0", &w);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rounds = r["host_rounds"].as_u64().unwrap();
+    assert!(rounds > 500, "{rounds} host rounds: {r}");
+    let host = rounds as f64 * 200e3 / 2e9;
+    let tasks: f64 = ["hog", "sleeper"]
+        .iter()
+        .map(|g| group(&r, g)["cpu_share"].as_f64().unwrap())
+        .sum();
+    assert!(
+        (tasks + host - 1.0).abs() < 0.005,
+        "tasks {tasks:.4} + host {host:.4} of one CPU: {r}"
+    );
+    assert!(r["resumed"].as_u64().unwrap() > 0, "{r}");
 }

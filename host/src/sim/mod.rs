@@ -129,6 +129,16 @@ struct Cpu {
     idle_since: Option<u64>,
     /// An RT task holds it: sched_ext runs nothing here.
     rt_busy: bool,
+    /// The host thread runs its round here.
+    host_busy: bool,
+}
+
+impl Cpu {
+    /// Held by something that is not a sched_ext task: an RT task or the
+    /// host thread.
+    fn taken(&self) -> bool {
+        self.rt_busy || self.host_busy
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -181,6 +191,10 @@ pub struct Simulator {
     switch_cost: u64,
     /// The host's answer delay once woken (ns), and when the pending one is due.
     host_latency: u64,
+    /// The CPU the host thread runs its round on, while it does, and the
+    /// one it ran on last.
+    host_cpu: Option<u32>,
+    host_last: u32,
     host_due: Option<u64>,
     /// RT loads: (cpu, period, runtime) in ns.
     rt: Vec<(u32, u64, u64)>,
@@ -264,6 +278,8 @@ impl Simulator {
             held: 0,
             switch_cost: w.switch_us * 1000,
             host_latency: w.host_latency_us * 1000,
+            host_cpu: None,
+            host_last: 0,
             host_due: None,
             rt: w
                 .rt
@@ -750,7 +766,7 @@ impl Simulator {
             // As the BPF side: with a backlog and every CPU's next task
             // queued, the record does not wake the host.
             let n = self.cpus.len();
-            let idle = self.cpus.iter().any(|c| c.current.is_none() && !c.rt_busy);
+            let idle = self.cpus.iter().any(|c| c.current.is_none() && !c.taken());
             if self.held > 2 * n && !idle && self.shared_len() >= n {
                 self.unnotified = true;
                 self.quiet_records += 1;
@@ -799,7 +815,7 @@ impl Simulator {
                     let cpu = &self.cpus[c as usize];
                     // Not where a task already waits to run next (BPF:
                     // its local queue is not empty).
-                    !cpu.rt_busy
+                    !cpu.taken()
                         && cpu.local.is_empty()
                         && self.can_run(i, c)
                         && cpu.current.is_some_and(|cur| {
@@ -880,7 +896,7 @@ impl Simulator {
     /// ops.dispatch found nothing, then `SCX_ENQ_LAST` and `nothing_waits`).
     fn keep(&mut self, i: usize, cpu: u32) -> bool {
         let c = &self.cpus[cpu as usize];
-        if c.rt_busy
+        if c.taken()
             || !c.local.is_empty()
             || self.held > 0
             || !self.fallback.is_empty()
@@ -932,6 +948,32 @@ impl Simulator {
         self.push_shared(key, i);
         self.kick_idle_for(i);
         true
+    }
+
+    /// The woken host thread takes a CPU for its round, as the BPF side
+    /// gives it one (`enqueue_host_thread`): an idle one if any (its last
+    /// first), else its last CPU, preempting the task there (which resumes
+    /// from the shared queue), never one an RT task holds.
+    fn host_takes_cpu(&mut self) {
+        let n = self.cpus.len() as u32;
+        let idle = |c: &Cpu| c.current.is_none() && !c.taken();
+        let last = self.host_last;
+        let cpu = if idle(&self.cpus[last as usize]) {
+            Some(last)
+        } else {
+            (0..n)
+                .find(|&c| idle(&self.cpus[c as usize]))
+                .or_else(|| (!self.cpus[last as usize].rt_busy).then_some(last))
+                .or_else(|| (0..n).find(|&c| !self.cpus[c as usize].rt_busy))
+        };
+        let Some(c) = cpu else { return };
+        // Taken first, so that the preempted task does not start here again.
+        let slot = &mut self.cpus[c as usize];
+        slot.host_busy = true;
+        slot.idle_since = None;
+        self.host_cpu = Some(c);
+        self.host_last = c;
+        self.preempt(c);
     }
 
     /// The running task on `cpu` stops: its burst ended or its slice expired.
@@ -1095,7 +1137,7 @@ impl Simulator {
     /// `cpu` looks for work: its local queue, then the shared one.
     fn next_on(&mut self, cpu: u32) {
         let c = &self.cpus[cpu as usize];
-        if c.current.is_some() || c.rt_busy {
+        if c.current.is_some() || c.taken() {
             return;
         }
         let local = self.cpus[cpu as usize].local.pop_front();
@@ -1228,7 +1270,7 @@ impl Simulator {
     fn idle_cpu_for(&self, i: usize, prefer: u32) -> Option<u32> {
         let free = |c: u32| {
             let cpu = &self.cpus[c as usize];
-            cpu.current.is_none() && !cpu.rt_busy && self.can_run(i, c)
+            cpu.current.is_none() && !cpu.taken() && self.can_run(i, c)
         };
         if free(prefer) {
             return Some(prefer);
@@ -1289,6 +1331,11 @@ impl Simulator {
 
 impl Kernel for Simulator {
     fn wait(&mut self) -> Result<Wake, KernelError> {
+        // The round is over: the host thread sleeps and gives its CPU back.
+        if let Some(c) = self.host_cpu.take() {
+            self.cpus[c as usize].host_busy = false;
+            self.next_on(c);
+        }
         loop {
             if let Some(e) = &self.exit {
                 return Ok(Wake::Exit(e.clone()));
@@ -1303,6 +1350,7 @@ impl Kernel for Simulator {
                     None if self.host_latency > 0 => {
                         let due = self.now + self.host_latency;
                         self.host_due = Some(due);
+                        self.host_takes_cpu();
                         self.push(due, Event::HostRun);
                     }
                     Some(due) if self.now < due => {}
@@ -1365,7 +1413,7 @@ impl Kernel for Simulator {
             CpuTarget::Cpu(c)
                 if (c as usize) < self.cpus.len()
                     && self.can_run(i, c)
-                    && !self.cpus[c as usize].rt_busy =>
+                    && !self.cpus[c as usize].taken() =>
             {
                 self.cpus[c as usize].local.push_back(i);
                 self.local_queued += 1;
@@ -1443,7 +1491,7 @@ impl Kernel for Simulator {
             idle_cpus: self
                 .cpus
                 .iter()
-                .filter(|c| c.current.is_none() && !c.rt_busy)
+                .filter(|c| c.current.is_none() && !c.taken())
                 .count() as u64,
         }
     }

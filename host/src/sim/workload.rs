@@ -41,7 +41,9 @@ pub struct Workload {
     #[serde(default = "default_ring_size")]
     pub ring_size: usize,
     /// How long the host takes to answer once woken (µs): CPUs it would
-    /// feed wait meanwhile, as on the real path (default 0).
+    /// feed wait meanwhile, and the host thread holds a CPU for that time
+    /// (an idle one, else its last, preempting the task there), as on the
+    /// real path (default 0).
     #[serde(default)]
     pub host_latency_us: u64,
     /// CPU time a context switch costs (µs): a CPU that starts a task other
