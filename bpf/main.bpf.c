@@ -258,7 +258,7 @@ struct task_ctx {
 	u64 key_ran;	/* ran since its key was given, up to its last stop */
 	u64 key;	/* its last host decision's key: what its record reports */
 	u64 key_slice;	/* that decision's slice */
-	u32 renewals;	/* slices renewed since its last record (RENEW_NEVER: none) */
+	u32 renewals;	/* slices renewed since the host's last decision (RENEW_NEVER: no more) */
 };
 
 /* Renewals value that sends the next record to the host whatever the rule. */
@@ -778,26 +778,38 @@ static bool resume_preempted(struct task_struct *p, u64 enq_flags)
  * key). Only while the host holds no task: one it holds may rank first,
  * and the renewed task would take the CPU before the host could say so.
  * Never after a sleep the plugin has not seen (its credit is the plugin's
- * to bound) nor after a change of its attributes (dequeue). Tolerated race:
+ * to bound), nor between a record and the host's decision on it (a task
+ * rescued meanwhile has its old key), nor after a change of its weight,
+ * CPUs or, while queued, cgroup (set_weight, set_cpumask, dequeue). Tolerated race:
  * a record sent from another CPU meanwhile finds a task renewed; the host
  * orders it by key in the shared queue, a slice late at most.
  */
 static bool renew_slice(struct task_struct *p, u64 enq_flags)
 {
 	struct task_ctx *tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
-	u64 classes = renew_classes, key;
+	u64 classes = renew_classes, key, slice;
 
 	if (!tctx || !tctx->decided || (enq_flags & SCX_ENQ_WAKEUP) || tctx->slept ||
 	    tctx->renewals >= renew_max || tctx->class >= 64 ||
 	    !(classes & (1ULL << tctx->class)) || nr_held)
 		return false;
 	key = current_key(p, false, 0);
+	slice = tctx->key_slice ?: slice_ns;
 	tctx->renewals++;
 	tctx->key_ran = 0;
+	__sync_fetch_and_add(&nr_renewed, 1);
 	/* Not inflight: the host's window counts its own decisions only, or
 	 * renewed tasks queued would keep its next pick out of the kernel. */
-	scx_bpf_dsq_insert_vtime(p, task_shared_dsq(p), tctx->key_slice ?: slice_ns, key, enq_flags);
-	__sync_fetch_and_add(&nr_renewed, 1);
+	if (enq_flags & SCX_ENQ_LAST) {
+		/* Its CPU found nothing it may run and is going idle (what waits
+		 * is for other CPUs): it keeps the task. In the shared queue the
+		 * task would wait beside it, the CPU not yet marked idle for a
+		 * kick, until the heartbeat. */
+		scx_bpf_task_set_dsq_vtime(p, key);
+		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice, enq_flags);
+		return true;
+	}
+	scx_bpf_dsq_insert_vtime(p, task_shared_dsq(p), slice, key, enq_flags);
 	kick_idle_cpu(p);
 	return true;
 }
@@ -874,7 +886,9 @@ int rthulhu_enqueue(unsigned long long *ctx)
 	if (!tctx->decided)
 		tctx->key = p->scx.dsq_vtime;
 	r->vtime = tctx->key;
-	tctx->renewals = 0;
+	/* Until the host decides again: a task rescued or taken back meanwhile
+	 * still has its old key, and its sleep may not have been charged. */
+	tctx->renewals = RENEW_NEVER;
 	r->cgroup_id = task_cgroup_id(p);
 	__builtin_memcpy(r->comm, p->comm, RTHULHU_COMM_LEN);
 	r->gen = h.gen;
@@ -947,6 +961,7 @@ static long dispatch_one(struct bpf_dynptr *dynptr, struct drain_ctx *dc)
 	tctx->key_ran = 0;
 	tctx->key = d.vtime;
 	tctx->key_slice = d.slice_ns;
+	tctx->renewals = 0;
 	tctx->class = (d.flags & RTHULHU_DSP_CLASS_MASK) >> RTHULHU_DSP_CLASS_SHIFT;
 	if (tctx->class >= RTHULHU_MAX_CLASSES)
 		tctx->class = RTHULHU_MAX_CLASSES - 1;
@@ -1349,6 +1364,30 @@ int rthulhu_exit(unsigned long long *ctx)
 	return 0;
 }
 
+/* A new weight or set of CPUs: the plugin sees the task before BPF renews
+ * its slice again (its class, even its order, may follow them). */
+static void renew_after_record(struct task_struct *p)
+{
+	struct task_ctx *tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
+
+	if (tctx)
+		tctx->renewals = RENEW_NEVER;
+}
+
+SEC("struct_ops/rthulhu_set_weight")
+int rthulhu_set_weight(unsigned long long *ctx)
+{
+	renew_after_record((void *)ctx[0]);
+	return 0;
+}
+
+SEC("struct_ops/rthulhu_set_cpumask")
+int rthulhu_set_cpumask(unsigned long long *ctx)
+{
+	renew_after_record((void *)ctx[0]);
+	return 0;
+}
+
 SEC(".struct_ops.link")
 struct sched_ext_ops rthulhu_ops = {
 	.select_cpu = (void *)rthulhu_select_cpu,
@@ -1359,6 +1398,8 @@ struct sched_ext_ops rthulhu_ops = {
 	.running = (void *)rthulhu_running,
 	.stopping = (void *)rthulhu_stopping,
 	.update_idle = (void *)rthulhu_update_idle,
+	.set_weight = (void *)rthulhu_set_weight,
+	.set_cpumask = (void *)rthulhu_set_cpumask,
 	.init = (void *)rthulhu_init,
 	.exit = (void *)rthulhu_exit,
 	/*

@@ -233,10 +233,12 @@ impl WakeupPreemption {
 /// ends where the kernel's renewals did.
 ///
 /// Never renewed: a task that slept since its last record (its sleeper
-/// credit is the plugin's to bound), a task whose attributes changed
-/// (affinity, nice, cgroup), a task preempted or yielding (it finishes its
-/// slice at its key, as always), and a task the plugin has not decided on
-/// yet. Only for plugins whose order is a vtime charged with CPU time:
+/// credit is the plugin's to bound), a task whose weight or allowed CPUs
+/// changed since the plugin's last decision on it (or, while it waited in
+/// a queue, its cgroup), a task preempted or yielding (it finishes its
+/// slice at its key, as always), a task the plugin has not decided on since
+/// its last record, and any task while the host holds one (which may rank
+/// first). Only for plugins whose order is a vtime charged with CPU time:
 /// a plugin that acts on each slice end (demoting a hog, say) must leave
 /// those classes out. A renewed task may run ahead of a task the plugin
 /// aged ([`AgingPool`](crate::AgingPool)) for at most `max_renewals` slices.

@@ -74,8 +74,11 @@ struct Task {
     /// Its last host decision's key: what its record reports as vtime
     /// (`vtime` moves with renewals).
     key: u64,
-    /// Slices renewed without the host since its last record.
+    /// Slices renewed without the host since its last decision (`u64::MAX`:
+    /// none until the next one, as BPF's `RENEW_NEVER`).
     renewals: u64,
+    /// That decision's slice.
+    key_slice: u64,
     /// Waits in a shared queue by a renewal (outside the host's window).
     renewed_queued: bool,
     /// Slice left when it was last preempted (0: it was not).
@@ -384,6 +387,7 @@ impl Simulator {
                     key_exec: 0,
                     key: 0,
                     renewals: 0,
+                    key_slice: 0,
                     renewed_queued: false,
                     resume: 0,
                     held_since: None,
@@ -555,6 +559,8 @@ impl Simulator {
         for i in members {
             let allowed = narrow.then(|| vec![(self.rng.next_u64() % n) as u32]);
             self.tasks[i].allowed = allowed;
+            // BPF's set_cpumask: the plugin sees it before a renewal.
+            self.tasks[i].renewals = u64::MAX;
             match self.tasks[i].state {
                 State::Waiting if self.tasks[i].held_since.is_some() => {
                     self.held -= 1;
@@ -606,6 +612,7 @@ impl Simulator {
             key_exec: 0,
             key: 0,
             renewals: 0,
+            key_slice: 0,
             renewed_queued: false,
             resume: 0,
             held_since: None,
@@ -759,7 +766,8 @@ impl Simulator {
                 .map_or(q.nr_cpus_allowed, |a| a.len() as u32);
             t.forked = false;
             t.slept = false;
-            t.renewals = 0;
+            // Until the host decides: a rescued task keeps its old key.
+            t.renewals = u64::MAX;
             t.held_since = Some(now);
             self.held += 1;
             self.ring.push_back(q);
@@ -934,6 +942,7 @@ impl Simulator {
         let key = self.current_key(i, 0);
         let t = &mut self.tasks[i];
         t.renewals += 1;
+        t.slice = t.key_slice;
         t.vtime = key;
         t.key_exec = t.exec_runtime;
         // The plugin's order by its own rule: its run counts in the
@@ -1403,6 +1412,8 @@ impl Kernel for Simulator {
         t.vtime = d.vtime;
         t.key = d.vtime;
         t.slice = d.slice_ns.max(1);
+        t.key_slice = t.slice;
+        t.renewals = 0;
         t.queued_on_dsq = true;
         t.class = ((d.flags >> DISPATCH_CLASS_SHIFT) & 0xff).min(MAX_CLASSES as u64 - 1) as usize;
         let prev = t.prev_cpu;

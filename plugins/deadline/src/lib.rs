@@ -158,8 +158,8 @@ impl CustomScheduler for Deadline {
         if cfg.max_wait_ms > 3_600_000 {
             return Err(format!("max_wait_ms {} is over an hour", cfg.max_wait_ms));
         }
-        if cfg.renew_slices > 1000 {
-            return Err(format!("renew_slices {} is over 1000", cfg.renew_slices));
+        if cfg.renew_slices > 100 {
+            return Err(format!("renew_slices {} is over 100", cfg.renew_slices));
         }
         Ok(Deadline {
             pool: AgingPool::new(cfg.max_wait_ms * 1_000_000),
@@ -378,7 +378,7 @@ mod tests {
         assert!(rule.covers(0) && rule.covers(1) && rule.max_renewals == 4);
         let off = Deadline::new("renew_slices = 0").unwrap().slice_renewal();
         assert!(!off.covers(0) && !off.covers(1));
-        assert!(Deadline::new("renew_slices = 1001").is_err());
+        assert!(Deadline::new("renew_slices = 101").is_err());
     }
 
     #[test]

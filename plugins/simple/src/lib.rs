@@ -81,8 +81,9 @@ enum Mode {
 /// while the plugin still sees every hog every fifth slice.
 const DEFAULT_RENEW_SLICES: u64 = 4;
 
-/// The most renewals in a row a setting may ask for.
-const MAX_RENEW_SLICES: u64 = 1000;
+/// The most renewals in a row a setting may ask for: 100 slices of up to
+/// 20 ms stay well inside the kernel watchdog's 5 s.
+const MAX_RENEW_SLICES: u64 = 100;
 
 /// Credit a sleeper may keep, in vtime units, when the host picks the slice.
 const DEFAULT_CREDIT_NS: u64 = 5_000_000;
@@ -498,7 +499,7 @@ mod tests {
             .unwrap()
             .slice_renewal()
             .covers(0));
-        assert!(Simple::new("renew_slices = 1001").is_err());
+        assert!(Simple::new("renew_slices = 101").is_err());
         // Decided at vtime 7 ms, then four slices of 5 ms renewed in the
         // kernel (its key there: 7 + 20 ms) and a fifth: the record comes
         // with the decision's key and all 25 ms, and the plugin charges it

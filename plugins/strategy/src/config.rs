@@ -117,8 +117,8 @@ impl Settings {
         if raw.max_burst_us == 0 || raw.max_wait_ms == 0 {
             return Err("max_burst_us and max_wait_ms must be positive".into());
         }
-        if raw.renew_slices > 1000 {
-            return Err(format!("renew_slices {} is over 1000", raw.renew_slices));
+        if raw.renew_slices > 100 {
+            return Err(format!("renew_slices {} is over 100", raw.renew_slices));
         }
         let mut strategies = Vec::new();
         for (i, s) in raw.strategies.into_iter().enumerate() {

@@ -253,7 +253,7 @@ fn only_unmatched_tasks_have_their_slices_renewed() {
     assert_eq!(rule.max_renewals, 4);
     let off = StrategyPolicy::new("renew_slices = 0").unwrap();
     assert!(!off.slice_renewal().covers(0));
-    assert!(StrategyPolicy::new("renew_slices = 1001").is_err());
+    assert!(StrategyPolicy::new("renew_slices = 101").is_err());
 }
 
 #[test]
