@@ -889,12 +889,20 @@ impl Simulator {
             self.enqueue(i);
             return;
         }
-        t.state = State::Waiting;
-        t.runnable_since = self.now;
-        t.slice = left;
-        t.queued_on_dsq = true;
         let key = t.vtime;
         self.resumed += 1;
+        self.queue_shared(i, key, left);
+    }
+
+    /// Task `i`, placed by the kernel side alone, waits in its cache's
+    /// shared queue at `key` for a slice of `slice`; an idle CPU it may use
+    /// is kicked.
+    fn queue_shared(&mut self, i: usize, key: u64, slice: u64) {
+        let t = &mut self.tasks[i];
+        t.state = State::Waiting;
+        t.runnable_since = self.now;
+        t.slice = slice;
+        t.queued_on_dsq = true;
         self.push_shared(key, i);
         self.kick_idle_for(i);
     }
@@ -942,20 +950,16 @@ impl Simulator {
         let key = self.current_key(i, 0);
         let t = &mut self.tasks[i];
         t.renewals += 1;
-        t.slice = t.key_slice;
         t.vtime = key;
         t.key_exec = t.exec_runtime;
         // The plugin's order by its own rule: its run counts in the
         // look-ahead window's measure like a decision's.
         t.decided = true;
         t.renewed_queued = true;
+        let slice = t.key_slice;
         self.renewed_queued += 1;
-        t.state = State::Waiting;
-        t.runnable_since = self.now;
-        t.queued_on_dsq = true;
         self.renewed += 1;
-        self.push_shared(key, i);
-        self.kick_idle_for(i);
+        self.queue_shared(i, key, slice);
         true
     }
 
