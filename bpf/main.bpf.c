@@ -96,6 +96,7 @@ extern bool scx_bpf_test_and_clear_cpu_idle(s32 cpu) __ksym;
 extern u32 scx_bpf_nr_cpu_ids(void) __ksym;
 extern s32 scx_bpf_task_cpu(const struct task_struct *p) __ksym;
 extern bool scx_bpf_task_set_dsq_vtime(struct task_struct *p, u64 vtime) __ksym;
+extern bool scx_bpf_task_set_slice(struct task_struct *p, u64 slice) __ksym;
 extern struct task_struct *bpf_task_from_pid(s32 pid) __ksym;
 extern void bpf_task_release(struct task_struct *p) __ksym;
 extern bool bpf_cpumask_test_cpu(u32 cpu, const struct cpumask *cpumask) __ksym;
@@ -688,6 +689,12 @@ static void enqueue_in_kernel(struct task_struct *p, u64 enq_flags)
 	insert_fallback(p, enq_flags);
 }
 
+/* Whether a plugin's rule for `classes` (a bit per class) covers the task. */
+static __always_inline bool covers(u64 classes, const struct task_ctx *tctx)
+{
+	return tctx->class < 64 && (classes & (1ULL << tctx->class));
+}
+
 /*
  * The plugin's wake-up preemption rule, applied the moment the task wakes:
  * false leaves the task to the host. Guards against churn: the rule's burst
@@ -698,14 +705,12 @@ static void enqueue_in_kernel(struct task_struct *p, u64 enq_flags)
  */
 static bool urgent_wakeup(struct task_struct *p, struct task_ctx *tctx, u64 enq_flags)
 {
-	u64 classes = urgent_classes;
 	s32 cpu;
 
 	/* Not before the plugin's first decision on it: until then dsq_vtime
 	 * is not its key (0 for a fork), and the key check below would let it
 	 * preempt anything, a task of a higher level too. */
-	if (!(enq_flags & SCX_ENQ_WAKEUP) || !tctx->decided || tctx->class >= 64 ||
-	    !(classes & (1ULL << tctx->class)))
+	if (!(enq_flags & SCX_ENQ_WAKEUP) || !tctx->decided || !covers(urgent_classes, tctx))
 		return false;
 	if (tctx->stop_ts - tctx->start_ts > urgent_burst_ns) {
 		__sync_fetch_and_add(&nr_urgent_missed_burst, 1);
@@ -784,14 +789,18 @@ static bool resume_preempted(struct task_struct *p, u64 enq_flags)
  * a record sent from another CPU meanwhile finds a task renewed; the host
  * orders it by key in the shared queue, a slice late at most.
  */
+static bool may_renew(const struct task_ctx *tctx)
+{
+	return tctx && tctx->decided && !tctx->slept && tctx->renewals < renew_max &&
+	       covers(renew_classes, tctx) && !nr_held;
+}
+
 static bool renew_slice(struct task_struct *p, u64 enq_flags)
 {
 	struct task_ctx *tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
-	u64 classes = renew_classes, key, slice;
+	u64 key, slice;
 
-	if (!tctx || !tctx->decided || (enq_flags & SCX_ENQ_WAKEUP) || tctx->slept ||
-	    tctx->renewals >= renew_max || tctx->class >= 64 ||
-	    !(classes & (1ULL << tctx->class)) || nr_held)
+	if ((enq_flags & SCX_ENQ_WAKEUP) || !may_renew(tctx))
 		return false;
 	key = current_key(p, false, 0);
 	slice = tctx->key_slice ?: slice_ns;
@@ -814,6 +823,61 @@ static bool renew_slice(struct task_struct *p, u64 enq_flags)
 	return true;
 }
 
+/*
+ * Called by ops.dispatch when it found nothing for this CPU and `prev`, still
+ * runnable, used up its slice: prev keeps the CPU, with a new slice set here
+ * (the kernel keeps running a runnable prev that ops.dispatch gave a slice).
+ * When nothing waits at all, a plain new slice; else, if the renewal rule
+ * allows, a renewal at its key as it stands now. Done here, not in
+ * ops.enqueue(SCX_ENQ_LAST): the kernel picks the next task before it puts
+ * prev back, so by then the idle task has the CPU, and each slice end cost
+ * two context switches and an idle turn (a VM trace of two hogs on two
+ * CPUs: 237 a second). Not if this call inserted anything (buffered: the
+ * kernel would keep prev before it looked at those), nor for a task that
+ * never waits on the host, the host itself aside (it would run at once
+ * anyway, see enqueue_host_thread).
+ */
+static bool keep_prev(struct task_struct *prev, u32 slots_before)
+{
+	struct task_ctx *tctx;
+	u64 now, slice;
+
+	if (!(prev->scx.flags & SCX_TASK_QUEUED) || scx_bpf_dispatch_nr_slots() != slots_before ||
+	    scx_bpf_dsq_nr_queued(SCX_DSQ_LOCAL))
+		return false;
+	tctx = bpf_task_storage_get(&task_ctxs, prev, 0, 0);
+	now = bpf_ktime_get_ns();
+	if (is_host_thread(prev) && prev->pid == usersched_tgid) {
+		slice = slice_ns;
+	} else if (dispatch_in_kernel(prev)) {
+		return false;
+	} else if (nothing_waits()) {
+		slice = slice_ns;
+		__sync_fetch_and_add(&nr_keep_running, 1);
+	} else if (may_renew(tctx)) {
+		slice = tctx->key_slice ?: slice_ns;
+		scx_bpf_task_set_dsq_vtime(prev, current_key(prev, true, now));
+		tctx->renewals++;
+		tctx->key_ran = 0;
+		tctx->start_ts = now;
+		__sync_fetch_and_add(&nr_renewed, 1);
+	} else {
+		return false;
+	}
+	scx_bpf_task_set_slice(prev, slice);
+	/* As if it stopped and started again now: what ops.stopping and
+	 * ops.running would have recorded (a preemption during the new slice
+	 * must show as one, see rthulhu_stopping). */
+	if (tctx) {
+		if (now > tctx->start_ts)
+			tctx->key_ran += now - tctx->start_ts;
+		tctx->start_ts = now;
+		tctx->stop_ts = now;
+		tctx->slice_at_start = slice;
+	}
+	return true;
+}
+
 SEC("struct_ops/rthulhu_enqueue")
 int rthulhu_enqueue(unsigned long long *ctx)
 {
@@ -833,7 +897,10 @@ int rthulhu_enqueue(unsigned long long *ctx)
 		insert_fallback(p, enq_flags);
 		return 0;
 	}
-	/* The last task of a CPU whose slice ended keeps running if nothing waits. */
+	/* The last task of a CPU whose slice ended keeps running if nothing
+	 * waits. keep_prev does this in ops.dispatch, without the idle turn;
+	 * here what changed in between is caught (the host's last held task
+	 * decided meanwhile, say). */
 	if ((enq_flags & SCX_ENQ_LAST) && nothing_waits()) {
 		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, enq_flags);
 		__sync_fetch_and_add(&nr_keep_running, 1);
@@ -1037,7 +1104,9 @@ SEC("struct_ops/rthulhu_dispatch")
 int rthulhu_dispatch(unsigned long long *ctx)
 {
 	s32 cpu = ctx[0];
-	struct drain_ctx dc = { .slots = scx_bpf_dispatch_nr_slots() };
+	struct task_struct *prev = (void *)ctx[1];
+	u32 slots_before = scx_bpf_dispatch_nr_slots();
+	struct drain_ctx dc = { .slots = slots_before };
 
 	/* One CPU at a time rescues what a late host left waiting. */
 	if (rescue_pending && __sync_val_compare_and_swap(&rescue_pending, 1, 0) == 1) {
@@ -1066,6 +1135,8 @@ int rthulhu_dispatch(unsigned long long *ctx)
 	} else if (scx_bpf_dsq_move_to_local(RTHULHU_FALLBACK_DSQ) || move_shared(cpu)) {
 		goto refill;
 	}
+	if (prev && keep_prev(prev, slots_before))
+		return 0;
 	/* This CPU has nothing to run: if the host holds tasks, it must decide now. */
 	if (nr_held)
 		wake_host(false);
@@ -1366,7 +1437,7 @@ int rthulhu_exit(unsigned long long *ctx)
 
 /* A new weight or set of CPUs: the plugin sees the task before BPF renews
  * its slice again (its class, even its order, may follow them). */
-static void renew_after_record(struct task_struct *p)
+static void stop_renewals(struct task_struct *p)
 {
 	struct task_ctx *tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
 
@@ -1377,14 +1448,14 @@ static void renew_after_record(struct task_struct *p)
 SEC("struct_ops/rthulhu_set_weight")
 int rthulhu_set_weight(unsigned long long *ctx)
 {
-	renew_after_record((void *)ctx[0]);
+	stop_renewals((void *)ctx[0]);
 	return 0;
 }
 
 SEC("struct_ops/rthulhu_set_cpumask")
 int rthulhu_set_cpumask(unsigned long long *ctx)
 {
-	renew_after_record((void *)ctx[0]);
+	stop_renewals((void *)ctx[0]);
 	return 0;
 }
 

@@ -226,7 +226,7 @@ pub struct Simulator {
     /// Renewed tasks waiting in the shared queues.
     renewed_queued: usize,
     /// Tasks whose slice ran out and that kept their CPU, nothing else
-    /// waiting (BPF: `SCX_ENQ_LAST`).
+    /// waiting (BPF: `keep_prev`).
     pub kept: u64,
     builtin_idle: bool,
     /// Tasks waiting in all local queues together.
@@ -877,7 +877,7 @@ impl Simulator {
     /// A task still runnable after it stopped on `cpu`, in the BPF side's
     /// order: a preempted one with slice left and a key finishes its slice
     /// from the shared queue; one whose slice ran out keeps its CPU when
-    /// nothing else waits (`SCX_ENQ_LAST`), or gets a new slice by the
+    /// nothing else waits (`keep_prev`), or gets a new slice by the
     /// plugin's renewal rule; any other goes to the host.
     fn requeue(&mut self, i: usize, cpu: u32) {
         let t = &mut self.tasks[i];
@@ -909,7 +909,7 @@ impl Simulator {
 
     /// The last task of `cpu` keeps it for another slice: its slice ran out,
     /// nothing waits for this CPU, and nothing waits in our custody (BPF:
-    /// ops.dispatch found nothing, then `SCX_ENQ_LAST` and `nothing_waits`).
+    /// ops.dispatch found nothing, then `keep_prev` and `nothing_waits`).
     fn keep(&mut self, i: usize, cpu: u32) -> bool {
         let c = &self.cpus[cpu as usize];
         if c.taken()
