@@ -43,7 +43,10 @@
  * Tolerated races: counters are updated with atomics but read without a
  * snapshot, so the host's view of occupancy may be off by a task or two for
  * a moment (it only sizes how many decisions a round hands over); an idle
- * CPU's timestamp may be a few microseconds stale (it only times rescues).
+ * CPU's timestamp may be a few microseconds stale (it only times rescues);
+ * a CPU that has just gone idle may not be counted in nr_idle_cpus yet
+ * (ops.update_idle runs after the kernel's idle mask is set), so a task
+ * queued in that instant may wait for the heartbeat's kick of idle CPUs.
  */
 #include "vmlinux.h"
 #include "intf.h"
@@ -162,6 +165,8 @@ volatile u64 llc_starved;
 u64 dispatch_turn;
 /* When the heartbeat last looked for a task held past max_hold_ns. */
 u64 last_hold_scan;
+/* The last heartbeat that found the host with nothing to do (see heartbeat_fn). */
+u64 host_idle_ns;
 
 /*
  * Wake-up latency per class (ops.runnable to ops.running), the sum and the
@@ -434,13 +439,16 @@ static __always_inline bool quiet_record(void)
 	return nr_held > 2 * nr && !nr_idle_cpus && shared_queued() >= nr;
 }
 
-/* Wakes an idle CPU that may run p, its last CPU first; false if none is idle. */
+/* Wakes an idle CPU that may run p, its last CPU first; false if none is
+ * idle. Its last CPU is always tested; the scan for another only while the
+ * count of idle CPUs says one is (a scan of the idle masks cost 4 µs a
+ * wake-up under emulation on a machine with none). */
 static bool kick_idle_cpu(const struct task_struct *p)
 {
 	s32 cpu = scx_bpf_task_cpu(p);
 
 	if (!bpf_cpumask_test_cpu(cpu, p->cpus_ptr) || !scx_bpf_test_and_clear_cpu_idle(cpu))
-		cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
+		cpu = nr_idle_cpus ? scx_bpf_pick_idle_cpu(p->cpus_ptr, 0) : -1;
 	if (cpu < 0)
 		return false;
 	scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
@@ -538,7 +546,7 @@ static s32 preempt_target(const struct task_struct *p, bool keyed)
 
 	if (bpf_cpumask_test_cpu(prev, p->cpus_ptr) && scx_bpf_test_and_clear_cpu_idle(prev))
 		return prev;
-	cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
+	cpu = nr_idle_cpus ? scx_bpf_pick_idle_cpu(p->cpus_ptr, 0) : -1;
 	if (cpu >= 0)
 		return cpu;
 	return busy_target(p, keyed);
@@ -1122,7 +1130,12 @@ int rthulhu_dispatch(unsigned long long *ctx)
 			rescue_pending = 1; /* more to move: the next CPU goes on */
 		dc.slots = rc.slots;
 	}
-	if (dc.slots)
+	/* Only when the host has sent decisions not read yet: a drain of an
+	 * empty ring still cost about a third of an idle dispatch. The host
+	 * counts after it submits; a count read stale leaves the decision to
+	 * the next dispatch (the host's own CPU passes through one as the
+	 * host sleeps, and sees its own count). */
+	if (dc.slots && host_submitted != nr_drained)
 		bpf_user_ringbuf_drain(&dispatched, dispatch_one, &dc, 0);
 	/*
 	 * The two queues take turns, so neither starves the other: a burst of
@@ -1335,16 +1348,23 @@ static long held_too_long(void *map, s32 *pid, struct held_task *h, u64 *limit)
 static int heartbeat_fn(void *map, int *key, struct heartbeat *hb)
 {
 	struct cpu_scan s = { .now = bpf_ktime_get_ns(), .nr_cpus = scx_bpf_nr_cpu_ids() };
+	bool host_late;
+
+	nr_queued = pending_records();
 	/*
 	 * A live host holding tasks finishes a round at least every heartbeat:
 	 * this timer wakes it every time (below). Two heartbeats without one
-	 * means it is stopped, stuck or too slow to count on.
+	 * means it is stopped, stuck or too slow to count on. Timed from its
+	 * last round, or from the last heartbeat that found it with nothing to
+	 * do if that came later: a host asleep for want of work (its last
+	 * round long ago) is not late the moment work comes.
 	 */
-	bool host_late = s.now - host_progress_ns > 2 * heartbeat_ns;
-
+	if (!nr_held && !nr_queued)
+		host_idle_ns = s.now;
+	host_late = s.now - host_progress_ns > 2 * heartbeat_ns &&
+		    s.now - host_idle_ns > 2 * heartbeat_ns;
 	if (bypass && !host_late)
 		bypass = 0;
-	nr_queued = pending_records();
 	nr_shared_queued = shared_queued();
 	if (nr_llcs > 1)
 		find_starved_llcs(s.now);
