@@ -43,10 +43,7 @@
  * Tolerated races: counters are updated with atomics but read without a
  * snapshot, so the host's view of occupancy may be off by a task or two for
  * a moment (it only sizes how many decisions a round hands over); an idle
- * CPU's timestamp may be a few microseconds stale (it only times rescues);
- * a CPU that has just gone idle may not be counted in nr_idle_cpus yet
- * (ops.update_idle runs after the kernel's idle mask is set), so a task
- * queued in that instant may wait for the heartbeat's kick of idle CPUs.
+ * CPU's timestamp may be a few microseconds stale (it only times rescues).
  */
 #include "vmlinux.h"
 #include "intf.h"
@@ -439,16 +436,13 @@ static __always_inline bool quiet_record(void)
 	return nr_held > 2 * nr && !nr_idle_cpus && shared_queued() >= nr;
 }
 
-/* Wakes an idle CPU that may run p, its last CPU first; false if none is
- * idle. Its last CPU is always tested; the scan for another only while the
- * count of idle CPUs says one is (a scan of the idle masks cost 4 µs a
- * wake-up under emulation on a machine with none). */
+/* Wakes an idle CPU that may run p, its last CPU first; false if none is idle. */
 static bool kick_idle_cpu(const struct task_struct *p)
 {
 	s32 cpu = scx_bpf_task_cpu(p);
 
 	if (!bpf_cpumask_test_cpu(cpu, p->cpus_ptr) || !scx_bpf_test_and_clear_cpu_idle(cpu))
-		cpu = nr_idle_cpus ? scx_bpf_pick_idle_cpu(p->cpus_ptr, 0) : -1;
+		cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
 	if (cpu < 0)
 		return false;
 	scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
@@ -546,7 +540,7 @@ static s32 preempt_target(const struct task_struct *p, bool keyed)
 
 	if (bpf_cpumask_test_cpu(prev, p->cpus_ptr) && scx_bpf_test_and_clear_cpu_idle(prev))
 		return prev;
-	cpu = nr_idle_cpus ? scx_bpf_pick_idle_cpu(p->cpus_ptr, 0) : -1;
+	cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
 	if (cpu >= 0)
 		return cpu;
 	return busy_target(p, keyed);
@@ -1090,7 +1084,8 @@ static long rescue_one(void *map, s32 *pid, struct held_task *h, struct rescue_c
 	struct task_struct *p;
 	struct task_ctx *tctx;
 
-	if (rc->now - h->since < rc->min_wait)
+	/* Signed: a task queued on another CPU after rc->now was read is new. */
+	if ((s64)(rc->now - h->since) < (s64)rc->min_wait)
 		return 0;
 	p = bpf_task_from_pid(*pid);
 	if (!p) {
@@ -1361,8 +1356,9 @@ static int heartbeat_fn(void *map, int *key, struct heartbeat *hb)
 	 */
 	if (!nr_held && !nr_queued)
 		host_idle_ns = s.now;
-	host_late = s.now - host_progress_ns > 2 * heartbeat_ns &&
-		    s.now - host_idle_ns > 2 * heartbeat_ns;
+	/* Signed: the host may store a round's end after s.now was read. */
+	host_late = (s64)(s.now - host_progress_ns) > (s64)(2 * heartbeat_ns) &&
+		    (s64)(s.now - host_idle_ns) > (s64)(2 * heartbeat_ns);
 	if (bypass && !host_late)
 		bypass = 0;
 	nr_shared_queued = shared_queued();
