@@ -825,6 +825,15 @@ static bool may_renew(const struct task_ctx *tctx)
 	       covers(renew_classes, tctx) && !nr_held;
 }
 
+/* Counts a renewal of the task's last decision; the slice it renews. */
+static u64 count_renewal(struct task_ctx *tctx)
+{
+	tctx->renewals++;
+	tctx->key_ran = 0;
+	__sync_fetch_and_add(&nr_renewed, 1);
+	return tctx->key_slice ?: slice_ns;
+}
+
 static bool renew_slice(struct task_struct *p, u64 enq_flags)
 {
 	struct task_ctx *tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
@@ -833,10 +842,7 @@ static bool renew_slice(struct task_struct *p, u64 enq_flags)
 	if ((enq_flags & SCX_ENQ_WAKEUP) || !may_renew(tctx))
 		return false;
 	key = current_key(p, false, 0);
-	slice = tctx->key_slice ?: slice_ns;
-	tctx->renewals++;
-	tctx->key_ran = 0;
-	__sync_fetch_and_add(&nr_renewed, 1);
+	slice = count_renewal(tctx);
 	/* Not inflight: the host's window counts its own decisions only, or
 	 * renewed tasks queued would keep its next pick out of the kernel. */
 	if (enq_flags & SCX_ENQ_LAST) {
@@ -857,15 +863,17 @@ static bool renew_slice(struct task_struct *p, u64 enq_flags)
  * Called by ops.dispatch when it found nothing for this CPU and `prev`, still
  * runnable, used up its slice: prev keeps the CPU, with a new slice set here
  * (the kernel keeps running a runnable prev that ops.dispatch gave a slice).
- * When nothing waits at all, a plain new slice; else, if the renewal rule
- * allows, a renewal at its key as it stands now. Done here, not in
+ * When nothing waits at all (nor is in flight: another CPU's drain stops
+ * holding a task before its insert shows in a queue), a plain new slice,
+ * kernel threads too; else, if the renewal rule allows, a renewal at its key
+ * as it stands now (not for a task that never waits on the host: it has no
+ * key). The host's own thread always keeps its CPU (it would run at once
+ * anyway, see enqueue_host_thread). Done here, not in
  * ops.enqueue(SCX_ENQ_LAST): the kernel picks the next task before it puts
  * prev back, so by then the idle task has the CPU, and each slice end cost
  * two context switches and an idle turn (a VM trace of two hogs on two
  * CPUs: 237 a second). Not if this call inserted anything (buffered: the
- * kernel would keep prev before it looked at those), nor for a task that
- * never waits on the host, the host itself aside (it would run at once
- * anyway, see enqueue_host_thread).
+ * kernel would keep prev before it looked at those).
  */
 static bool keep_prev(struct task_struct *prev, u32 slots_before)
 {
@@ -879,18 +887,14 @@ static bool keep_prev(struct task_struct *prev, u32 slots_before)
 	now = bpf_ktime_get_ns();
 	if (is_host_thread(prev) && prev->pid == usersched_tgid) {
 		slice = slice_ns;
-	} else if (dispatch_in_kernel(prev)) {
-		return false;
-	} else if (nothing_waits()) {
+	} else if (nothing_waits() && !nr_inflight) {
 		slice = slice_ns;
 		__sync_fetch_and_add(&nr_keep_running, 1);
-	} else if (may_renew(tctx)) {
-		slice = tctx->key_slice ?: slice_ns;
+	} else if (!dispatch_in_kernel(prev) && may_renew(tctx)) {
 		scx_bpf_task_set_dsq_vtime(prev, current_key(prev, true, now));
-		tctx->renewals++;
-		tctx->key_ran = 0;
+		/* Its run so far is in the new key: nothing left to add below. */
 		tctx->start_ts = now;
-		__sync_fetch_and_add(&nr_renewed, 1);
+		slice = count_renewal(tctx);
 	} else {
 		return false;
 	}
@@ -1047,8 +1051,12 @@ static long dispatch_one(struct bpf_dynptr *dynptr, struct drain_ctx *dc)
 		return 0;
 	}
 	tctx = bpf_task_storage_get(&task_ctxs, p, 0, 0);
+	/* In flight before it stops being held: a CPU asking whether anything
+	 * waits (keep_prev) must not find it neither held nor in flight. */
+	__sync_fetch_and_add(&nr_inflight, 1);
 	/* Rescued, dequeued or queued again since this record: drop it. */
 	if (!tctx || tctx->gen != d.gen || !take_held(tctx, d.pid)) {
+		__sync_fetch_and_sub(&nr_inflight, 1);
 		__sync_fetch_and_add(&nr_stale_dispatches, 1);
 		bpf_task_release(p);
 		return 0;
@@ -1077,7 +1085,6 @@ static long dispatch_one(struct bpf_dynptr *dynptr, struct drain_ctx *dc)
 			__sync_fetch_and_add(&nr_bounce_dispatches, 1);
 	}
 	tctx->inflight = 1;
-	__sync_fetch_and_add(&nr_inflight, 1);
 	/*
 	 * The shared queues are ordered by the plugin's vtime, so a task the
 	 * plugin ranks higher overtakes ones it handed over earlier.

@@ -796,8 +796,9 @@ impl Simulator {
     /// The BPF side's wake-up preemption (`urgent_wakeup` in main.bpf.c):
     /// a task the plugin has keyed, of a covered class, whose last run was
     /// short and who slept at least twice that long, without a backlog,
-    /// runs at once on an idle CPU or in place of a task with a later
-    /// current key; false leaves it to the host.
+    /// runs at once on an idle CPU, in place of the task that woke it by a
+    /// message, or in place of a task with a later current key; false
+    /// leaves it to the host.
     fn urgent(&mut self, i: usize) -> bool {
         let Some(rule) = self.preemption else {
             return false;
@@ -814,21 +815,27 @@ impl Simulator {
         }
         let (prev, key) = (t.prev_cpu, self.current_key(i, 0));
         let n = self.cpus.len() as u32;
-        // The waker's CPU first (no IPI), then the last one and the next few.
-        let here = self.waking_on.filter(|&c| c != prev);
+        // Not where a task already waits to run next (BPF: its local queue
+        // is not empty); by key unless `keyed` is false.
+        let preemptible = |c: u32, keyed: bool| {
+            let cpu = &self.cpus[c as usize];
+            !cpu.taken()
+                && cpu.local.is_empty()
+                && self.can_run(i, c)
+                && cpu.current.is_some_and(|cur| {
+                    !keyed || self.current_key(cur, self.now.saturating_sub(cpu.started)) > key
+                })
+        };
+        // The waker's CPU first (no IPI), whatever the waker's key: a
+        // message is a sync wake-up (pipes and sockets), the waker about to
+        // sleep. Then the last CPU and the next few, by key.
         let target = self.idle_cpu_for(i, prev).or_else(|| {
-            here.into_iter()
-                .chain((0..n.min(PREEMPT_SCAN)).map(|k| (prev + k) % n))
-                .find(|&c| {
-                    let cpu = &self.cpus[c as usize];
-                    // Not where a task already waits to run next (BPF:
-                    // its local queue is not empty).
-                    !cpu.taken()
-                        && cpu.local.is_empty()
-                        && self.can_run(i, c)
-                        && cpu.current.is_some_and(|cur| {
-                            self.current_key(cur, self.now.saturating_sub(cpu.started)) > key
-                        })
+            self.waking_on
+                .filter(|&c| preemptible(c, false))
+                .or_else(|| {
+                    (0..n.min(PREEMPT_SCAN))
+                        .map(|k| (prev + k) % n)
+                        .find(|&c| preemptible(c, true))
                 })
         });
         let Some(c) = target else {
