@@ -93,6 +93,8 @@ extern s32 scx_bpf_pick_idle_cpu(const struct cpumask *cpus_allowed, u64 flags) 
 extern s32 scx_bpf_pick_any_cpu(const struct cpumask *cpus_allowed, u64 flags) __ksym;
 extern struct task_struct *scx_bpf_cpu_curr(s32 cpu) __ksym;
 extern bool scx_bpf_test_and_clear_cpu_idle(s32 cpu) __ksym;
+extern const struct cpumask *scx_bpf_get_idle_cpumask(void) __ksym;
+extern void scx_bpf_put_idle_cpumask(const struct cpumask *cpumask) __ksym;
 extern u32 scx_bpf_nr_cpu_ids(void) __ksym;
 extern s32 scx_bpf_task_cpu(const struct task_struct *p) __ksym;
 extern bool scx_bpf_task_set_dsq_vtime(struct task_struct *p, u64 vtime) __ksym;
@@ -216,6 +218,10 @@ volatile u64 nr_urgent_missed_backlog, nr_urgent_missed_cpu, nr_urgent_missed_ke
 
 /* When each CPU went idle (0: busy). */
 u64 idle_since[RTHULHU_MAX_CPUS];
+/* When the heartbeat first found a CPU idle in the kernel's mask that
+ * idle_since does not know is idle (0: not so); only the heartbeat writes
+ * it. */
+u64 idle_unnoticed_since[RTHULHU_MAX_CPUS];
 /* Per CPU, the task this CPU's latest wake-up woke with SCX_WAKE_SYNC (its
  * waker is about to sleep), from ops.select_cpu to that wake-up's
  * ops.enqueue, which runs on the same CPU (0: none). */
@@ -1347,6 +1353,27 @@ struct cpu_scan {
 	bool kick;
 };
 
+/*
+ * A CPU idle since the attach: the kernel marks every CPU idle at enable
+ * without calling ops.update_idle, so idle_since never saw it go idle.
+ * Found in the kernel's idle mask, it counts as idle from the first
+ * heartbeat that saw it there. 0: not idle.
+ */
+static u64 idle_unnoticed(u32 i, u64 now)
+{
+	const struct cpumask *idle = scx_bpf_get_idle_cpumask();
+	bool is_idle = bpf_cpumask_test_cpu(i, idle);
+
+	scx_bpf_put_idle_cpumask(idle);
+	if (i >= RTHULHU_MAX_CPUS)
+		return 0;
+	if (!is_idle)
+		idle_unnoticed_since[i] = 0;
+	else if (!idle_unnoticed_since[i])
+		idle_unnoticed_since[i] = now;
+	return idle_unnoticed_since[i];
+}
+
 static long scan_cpu(u32 i, struct cpu_scan *s)
 {
 	u64 since;
@@ -1354,6 +1381,10 @@ static long scan_cpu(u32 i, struct cpu_scan *s)
 	if (i >= s->nr_cpus || i >= RTHULHU_MAX_CPUS)
 		return 1;
 	since = idle_since[i];
+	if (!since)
+		since = idle_unnoticed(i, s->now);
+	else if (idle_unnoticed_since[i])
+		idle_unnoticed_since[i] = 0; /* seen going idle: no stale start */
 	if (!since)
 		return 0;
 	s->idle++;
