@@ -24,7 +24,9 @@
  *
  * Liveness. A CPU that finds nothing to run while tasks are held wakes the
  * host, and so does the heartbeat timer (every heartbeat_ns) while it holds
- * any. If a CPU has been idle for a whole heartbeat while tasks are held, the
+ * any. If a CPU has been idle for a whole heartbeat while tasks are held (one
+ * idle since the attach, which ops.update_idle never reported, counts from
+ * the first heartbeat that found it in the kernel's idle mask), the
  * held tasks that waited that long are *rescued*: moved into the fallback
  * queue, which CPUs serve in turn with the shared one. If the host has not finished a round
  * for two heartbeats while it holds tasks, it is late (stopped, stuck in a
