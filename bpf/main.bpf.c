@@ -1383,8 +1383,10 @@ static long scan_cpu(u32 i, struct cpu_scan *s)
 	if (i >= s->nr_cpus || i >= RTHULHU_MAX_CPUS)
 		return 1;
 	since = idle_since[i];
+	/* The kick pass runs right after the counting pass: what that pass
+	 * found in the idle mask still stands (only the heartbeat writes it). */
 	if (!since)
-		since = idle_unnoticed(i, s->now);
+		since = s->kick ? idle_unnoticed_since[i] : idle_unnoticed(i, s->now);
 	else if (idle_unnoticed_since[i])
 		idle_unnoticed_since[i] = 0; /* seen going idle: no stale start */
 	if (!since)
