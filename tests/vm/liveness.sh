@@ -227,6 +227,7 @@ for s in "${scheds[@]}"; do
 		before_rescues=$(counter "$log" rescues)
 		before_rescued=$(counter "$log" rescued)
 		before_stale=$(counter "$log" stale)
+		before_reenq=$(counter "$log" reenqueued)
 		"$bin/probe" 10 "${probe_s[$c]}" >"$work/probe.out" &
 		probe=$!
 		start=$SECONDS
@@ -248,10 +249,12 @@ for s in "${scheds[@]}"; do
 		late=${late:-999999999}
 		ejected=no
 		grep -aq 'ejected' "$log" 2>/dev/null && ejected=yes
-		figures="probe worst $((late / 1000)) ms, ran ${took}s"
+		# The CPU the worst wake-up ran on: where it waited (the RT hog's CPU?).
+		late_cpu=$(sed -n 's/.*late_max_cpu \(-*[0-9]*\).*/\1/p' "$work/probe.out")
+		figures="probe worst $((late / 1000)) ms on CPU ${late_cpu:-?}, ran ${took}s"
 		rescues=$(($(counter "$log" rescues) - before_rescues))
 		if [ "$s" != eevdf ] && [ "$c" != staggered ]; then
-			figures="$figures, rescues $rescues, rescued $(($(counter "$log" rescued) - before_rescued)), stale $(($(counter "$log" stale) - before_stale))"
+			figures="$figures, rescues $rescues, rescued $(($(counter "$log" rescued) - before_rescued)), stale $(($(counter "$log" stale) - before_stale)), reenqueued $(($(counter "$log" reenqueued) - before_reenq))"
 		fi
 		[ "$c" = staggered ] && figures="$figures, ticks $ticks"
 		[ "$c" = herd ] && figures="$figures, slowest round $(herd_round_ms) ms"

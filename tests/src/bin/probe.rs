@@ -3,9 +3,15 @@
 //! scheduler that leaves a runnable task waiting shows up as lateness.
 //!
 //! `probe PERIOD_MS DURATION_S` prints one line:
-//! `probe: wakeups N late_max_us X late_p99_us Y late_avg_us Z`.
+//! `probe: wakeups N late_max_us X late_p99_us Y late_avg_us Z late_max_cpu C`
+//! (C: the CPU the latest wake-up ran on, which says where it waited).
 
 use std::time::{Duration, Instant};
+
+extern "C" {
+    // glibc's, linked by std anyway.
+    fn sched_getcpu() -> i32;
+}
 
 fn main() {
     let args: Vec<u64> = std::env::args()
@@ -20,10 +26,16 @@ fn main() {
     let end = Instant::now() + Duration::from_secs(duration_s);
     let mut late_us = Vec::with_capacity((duration_s * 1000 / period_ms.max(1)) as usize + 1);
     let mut due = Instant::now() + period;
+    let (mut worst, mut worst_cpu) = (0, -1);
     while due < end {
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
         let now = Instant::now();
-        late_us.push(now.saturating_duration_since(due).as_micros() as u64);
+        let late = now.saturating_duration_since(due).as_micros() as u64;
+        if late >= worst {
+            // SAFETY: no arguments, no memory handed over.
+            (worst, worst_cpu) = (late, unsafe { sched_getcpu() });
+        }
+        late_us.push(late);
         // The next wake-up is due one period after this one woke: a late
         // wake-up is counted once, not again for every period it spanned.
         due = now + period;
@@ -36,5 +48,7 @@ fn main() {
         .copied()
         .unwrap_or(0);
     let avg = late_us.iter().sum::<u64>() / (n as u64).max(1);
-    println!("probe: wakeups {n} late_max_us {max} late_p99_us {p99} late_avg_us {avg}");
+    println!(
+        "probe: wakeups {n} late_max_us {max} late_p99_us {p99} late_avg_us {avg} late_max_cpu {worst_cpu}"
+    );
 }
