@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0 OR MIT
 # Runs inside the VM (see tests/bench/real-kernel): every scheduler in turn,
-# the same workloads under each, REPS times. Prints "RESULT sched metric value"
+# the same workloads under each, REPS rounds. Prints "RESULT sched metric value"
 # lines for the host side to summarise.
 # Usage: guest.sh BIN_DIR PEERS_DIR REPS SCHEDULER...
 set -u
@@ -45,10 +45,20 @@ stop() {
   wait_state disabled || echo "bench: $1 did not detach" >&2
 }
 
-for s in "$@"; do
-  echo "bench: $s" >&2
-  start "$s" || { echo "RESULT $s failed 1"; continue; }
-  for r in $(seq "$reps"); do
+# Repetitions interleave (round 1: every scheduler, round 2: every one
+# again...): the emulator's speed drifts over a boot (EEVDF's hackbench moved
+# from 2.6 to 3.7 s between rounds of one boot), and a scheduler whose runs all
+# came in a slow stretch would carry that in its ratios.
+declare -A out_of_run
+for r in $(seq "$reps"); do
+  for s in "$@"; do
+    [ -n "${out_of_run[$s]:-}" ] && continue
+    echo "bench: $s, repetition $r" >&2
+    if ! start "$s"; then
+      echo "RESULT $s failed 1"
+      out_of_run[$s]=1
+      continue
+    fi
     t=$(hackbench -g 4 -l 400 2>&1 | sed -n 's/^Time: //p')
     echo "RESULT $s hackbench_s ${t:-nan}"
     stress-ng --cpu 2 -t 14 > /dev/null 2>&1 &
@@ -78,8 +88,8 @@ for s in "$@"; do
     if [ -n "$sched_pid" ] && { ! kill -0 "$sched_pid" 2>/dev/null || [ "$(cat $scx/state)" != enabled ]; }; then
       echo "RESULT $s ejected 1"
       echo "bench: $s ejected or exited in repetition $r: $(tail -3 "$work/$s.log")" >&2
-      break
+      out_of_run[$s]=1
     fi
+    stop "$s"
   done
-  stop "$s"
 done

@@ -49,8 +49,9 @@ def ratio(a, b):
 
 print("# Real-kernel benchmarks\n")
 print(f"Kernel: Debian `{kver}` under QEMU, 2 vCPUs, one boot per section for all of its")
-print(f"tables, median of {reps} repetitions. Reproduce with `tests/bench/real-kernel`")
-print("(`REPS=n` to change; `RTHULHU_BENCH_ACCELS` picks the sections).\n")
+print(f"tables, median of {reps} repetitions taken in rounds (each round runs every scheduler")
+print("in turn, so a slow stretch of the emulator falls on all of them). Reproduce with")
+print("`tests/bench/real-kernel` (`REPS=n` to change; `RTHULHU_BENCH_ACCELS` picks the sections).\n")
 print("TCG emulates the CPUs in software, so absolute figures are far from bare metal;")
 print("the ratios, measured side by side in one boot, are what to read. Multi-threaded")
 print("TCG runs each vCPU on a host thread of its own (real parallelism, races between")
