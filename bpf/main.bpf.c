@@ -1172,9 +1172,12 @@ int rthulhu_dispatch(unsigned long long *ctx)
 	 * empty ring still cost about a third of an idle dispatch. The host
 	 * counts after it submits; a count read stale leaves the decision to
 	 * the next dispatch (the host's own CPU passes through one as the
-	 * host sleeps, and sees its own count). */
+	 * host sleeps, and sees its own count). NO_WAKEUP: by default a drain
+	 * that read anything queues an irq_work (a self-IPI) to wake writers
+	 * waiting for room, and the host never waits for room (a full ring
+	 * fails its write at once). */
 	if (dc.slots && host_submitted != nr_drained)
-		bpf_user_ringbuf_drain(&dispatched, dispatch_one, &dc, 0);
+		bpf_user_ringbuf_drain(&dispatched, dispatch_one, &dc, BPF_RB_NO_WAKEUP);
 	/*
 	 * The two queues take turns, so neither starves the other: a burst of
 	 * rescued tasks must not hold back what the host orders next (a woken
