@@ -202,6 +202,9 @@ llc_count() {
 
 # Counter $2 of the host log $1, 0 when there is none yet.
 counter() { local v; v=$(stat_of "$1" "$2"); echo "${v:-0}"; }
+# How much counter $1 of the current log grew since the case started.
+declare -A before
+in_case() { echo $(($(counter "$log" "$1") - ${before[$1]:-0})); }
 
 # Each scheduler is attached once for all its cases (every attach and detach
 # patches kernel text; fewer of them, fewer chances for the emulator's race,
@@ -224,10 +227,7 @@ for s in "${scheds[@]}"; do
 			host_pid=
 			continue
 		fi
-		before_rescues=$(counter "$log" rescues)
-		before_rescued=$(counter "$log" rescued)
-		before_stale=$(counter "$log" stale)
-		before_reenq=$(counter "$log" reenqueued)
+		for k in rescues rescued stale reenqueued; do before[$k]=$(counter "$log" "$k"); done
 		"$bin/probe" 10 "${probe_s[$c]}" >"$work/probe.out" &
 		probe=$!
 		start=$SECONDS
@@ -252,9 +252,9 @@ for s in "${scheds[@]}"; do
 		# The CPU the worst wake-up ran on: where it waited (the RT hog's CPU?).
 		late_cpu=$(sed -n 's/.*late_max_cpu \(-*[0-9]*\).*/\1/p' "$work/probe.out")
 		figures="probe worst $((late / 1000)) ms on CPU ${late_cpu:-?}, ran ${took}s"
-		rescues=$(($(counter "$log" rescues) - before_rescues))
+		rescues=$(in_case rescues)
 		if [ "$s" != eevdf ] && [ "$c" != staggered ]; then
-			figures="$figures, rescues $rescues, rescued $(($(counter "$log" rescued) - before_rescued)), stale $(($(counter "$log" stale) - before_stale)), reenqueued $(($(counter "$log" reenqueued) - before_reenq))"
+			for k in rescues rescued stale reenqueued; do figures="$figures, $k $(in_case "$k")"; done
 		fi
 		[ "$c" = staggered ] && figures="$figures, ticks $ticks"
 		[ "$c" = herd ] && figures="$figures, slowest round $(herd_round_ms) ms"

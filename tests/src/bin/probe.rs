@@ -4,7 +4,7 @@
 //!
 //! `probe PERIOD_MS DURATION_S` prints one line:
 //! `probe: wakeups N late_max_us X late_p99_us Y late_avg_us Z late_max_cpu C`
-//! (C: the CPU the latest wake-up ran on, which says where it waited).
+//! (C: the CPU that the latest wake-up of all, X late, ran on: where it waited).
 
 use std::time::{Duration, Instant};
 
@@ -42,13 +42,12 @@ fn main() {
     }
     late_us.sort_unstable();
     let n = late_us.len();
-    let max = late_us.last().copied().unwrap_or(0);
     let p99 = late_us
         .get((n * 99 / 100).min(n.saturating_sub(1)))
         .copied()
         .unwrap_or(0);
     let avg = late_us.iter().sum::<u64>() / (n as u64).max(1);
     println!(
-        "probe: wakeups {n} late_max_us {max} late_p99_us {p99} late_avg_us {avg} late_max_cpu {worst_cpu}"
+        "probe: wakeups {n} late_max_us {worst} late_p99_us {p99} late_avg_us {avg} late_max_cpu {worst_cpu}"
     );
 }
