@@ -39,8 +39,9 @@
  * old generation number and is dropped. The kernel watchdog stays a last
  * resort for a broken kernel side, not a mechanism. Under a backlog with
  * every CPU's next task queued, records reach the host without waking it
- * (each wake-up preempts a task); the first CPU to run that queue low wakes
- * it, and a quiet record missed by a race waits at most a heartbeat.
+ * (a wake-up preempts a task, or cuts its slice: host_may_wait); the first
+ * CPU to run that queue low wakes it, and a quiet record missed by a race
+ * waits at most a heartbeat.
  *
  * Tolerated races: counters are updated with atomics but read without a
  * snapshot, so the host's view of occupancy may be off by a task or two for
@@ -147,6 +148,7 @@ volatile u64 nr_rescues, nr_rescued, nr_bypassed, nr_idle_kicks, nr_host_wakeups
 volatile u64 nr_shared_queued, nr_fallback_queued, nr_queued;
 volatile u64 nr_quiet_records;	/* records sent without waking the host */
 volatile u64 nr_resumed;	/* preempted tasks put back with their key, no round trip */
+volatile u64 nr_host_waits;	/* host wake-ups that waited for a switch, not preempting */
 
 /* Records were sent without waking the host: the next wake-up must be forced. */
 volatile u32 host_unnotified;
@@ -431,9 +433,9 @@ static void wake_host(bool force)
 }
 
 /*
- * Whether a new record may reach the host without waking it. Every host
- * wake-up preempts a running task (the host runs at once, see
- * enqueue_host_thread), so under a hackbench-like load, where every message
+ * Whether a new record may reach the host without waking it. A host
+ * wake-up preempts a running task or cuts its slice (the host runs at once or
+ * within HOST_WAIT_NS, see enqueue_host_thread), so under a hackbench-like load, where every message
  * wakes a task, waking it per record costs a preemption per message. It
  * need not wake while there is a backlog (more than two tasks per CPU held:
  * the regime in which nothing preempts, see urgent_wakeup) and every CPU has
@@ -660,11 +662,46 @@ s32 rthulhu_select_cpu(unsigned long long *ctx)
 	return cpu;
 }
 
+/* Longest the host waits for its CPU's running task when it need not preempt. */
+#define HOST_WAIT_NS 1000000ULL
+
 /*
- * The host must get a CPU at once, or every decision waits behind a hog: its
- * own CPU, preempting what runs there, unless an RT/DL task holds that CPU;
- * then an idle CPU, or another one to preempt, or the head of the fallback
- * queue.
+ * Whether the host may wait for cpu's next switch rather than preempt the
+ * task running there: no CPU is idle and all CPUs but one (at least one)
+ * have their next task queued, so no CPU runs dry for want of a decision
+ * meanwhile (the one that might runs the host). Under hackbench most host
+ * wake-ups come then, and each preemption cost a context switch more (the
+ * preempted task's return); the running task usually blocks first. Bounded:
+ * the running task's slice is cut to HOST_WAIT_NS (it ends at the next tick
+ * after that); stopping before its slice as set at its start ran out, it
+ * counts as preempted and resumes at its key (resume_preempted), as if the
+ * host had preempted it.
+ */
+static bool host_may_wait(s32 cpu)
+{
+	struct task_struct *curr;
+	u64 queued = shared_queued();
+	bool ok = false;
+
+	if (nr_idle_cpus || !queued || queued + 1 < scx_bpf_nr_cpu_ids())
+		return false;
+	bpf_rcu_read_lock();
+	curr = scx_bpf_cpu_curr(cpu);
+	/* Not a kernel thread (the idle task is one): slices we do not own. */
+	if (curr && !(curr->flags & PF_KTHREAD)) {
+		if (curr->scx.slice > HOST_WAIT_NS)
+			scx_bpf_task_set_slice(curr, HOST_WAIT_NS);
+		ok = true;
+	}
+	bpf_rcu_read_unlock();
+	return ok;
+}
+
+/*
+ * The host must get a CPU soon, or every decision waits behind a hog: its
+ * own CPU, next if it may wait (host_may_wait), else preempting what runs
+ * there, unless an RT/DL task holds that CPU; then an idle CPU, or another
+ * one to preempt, or the head of the fallback queue.
  */
 static void enqueue_host_thread(struct task_struct *p, u64 enq_flags)
 {
@@ -672,6 +709,11 @@ static void enqueue_host_thread(struct task_struct *p, u64 enq_flags)
 
 	__sync_fetch_and_add(&nr_kernel_dispatches, 1);
 	if (!cpu_taken(cpu)) {
+		if (host_may_wait(cpu)) {
+			scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, enq_flags | SCX_ENQ_HEAD);
+			__sync_fetch_and_add(&nr_host_waits, 1);
+			return;
+		}
 		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, enq_flags | SCX_ENQ_PREEMPT);
 		return;
 	}

@@ -338,7 +338,7 @@ pub fn line(s: &Snapshot) -> String {
     );
     let v = &s.liveness;
     l.push_str(&format!(
-        " | held {} direct {} keep {} stale {} ghosts {} rescues {} rescued {} bypassed {} reenqueued {} urgent {} (missed: burst {} sleep {} backlog {} cpu {} key {}) quiet {} resumed {} renewed {} woken {}",
+        " | held {} direct {} keep {} stale {} ghosts {} rescues {} rescued {} bypassed {} reenqueued {} urgent {} (missed: burst {} sleep {} backlog {} cpu {} key {}) quiet {} resumed {} renewed {} woken {} host-waits {}",
         v.held,
         v.direct_dispatches,
         v.keep_running,
@@ -357,7 +357,8 @@ pub fn line(s: &Snapshot) -> String {
         v.quiet_records,
         v.resumed,
         v.renewed,
-        v.host_wakeups
+        v.host_wakeups,
+        v.host_waits
     ));
     l.push_str(&format!(" | faults {}", s.host.page_faults));
     for (name, value) in &s.plugin_counters {

@@ -414,3 +414,39 @@ fn the_host_thread_holds_a_cpu_for_each_round() {
     );
     assert!(r["resumed"].as_u64().unwrap() > 0, "{r}");
 }
+
+#[test]
+fn the_host_waits_for_a_switch_only_while_the_cpus_have_their_next_tasks() {
+    // hackbench's shape with a backlog (20 tasks on 2 CPUs): host rounds
+    // mostly come while the other CPU's next task is queued, and then the
+    // host waits for its CPU's running task to stop (at most 1 ms) rather
+    // than preempt it, as `host_may_wait` in main.bpf.c.
+    let backlog = workload(
+        "host-wait-backlog",
+        "cpus = 2\nduration_ms = 500\nseed = 5\nhost_latency_us = 100\nswitch_us = 10\n\
+         [[group]]\nname = \"hb\"\ncount = 20\n\
+         behaviour = { kind = \"messaging\", runtime_us = 20, buffer = 8 }\n",
+    );
+    let (out, r) = simulate("simple", "", &backlog);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(r["ejected"], false, "{r}");
+    let (waits, rounds) = (r["host_waits"].as_u64(), r["host_rounds"].as_u64());
+    let (waits, rounds) = (waits.unwrap(), rounds.unwrap());
+    assert!(
+        waits > 0 && waits < rounds,
+        "{waits} of {rounds} rounds waited: {r}"
+    );
+    // Two hogs and a sleeper on 2 CPUs: no task waits queued when the
+    // sleeper's record reaches the host, so the host preempts a hog.
+    let idle = workload(
+        "host-wait-none-queued",
+        "cpus = 2\nduration_ms = 1000\nseed = 3\nhost_latency_us = 200\n\
+         [[group]]\nname = \"hog\"\ncount = 2\nbehaviour = { kind = \"cpu-bound\" }\n\
+         [[group]]\nname = \"sleeper\"\ncount = 1\n\
+         behaviour = { kind = \"bursty\", run_us = 100, sleep_us = 2000 }\n",
+    );
+    let (out, r) = simulate("simple", "preempt_burst_us = 0\nrenew_slices = 0", &idle);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(r["host_rounds"].as_u64().unwrap() > 100, "{r}");
+    assert_eq!(r["host_waits"], 0, "{r}");
+}

@@ -455,6 +455,7 @@ impl Kernel for BpfKernel<'_> {
             urgent_missed_key: atomic_load(&b.nr_urgent_missed_key),
             quiet_records: atomic_load(&b.nr_quiet_records),
             resumed: atomic_load(&b.nr_resumed),
+            host_waits: atomic_load(&b.nr_host_waits),
             renewed: atomic_load(&b.nr_renewed),
         }
     }

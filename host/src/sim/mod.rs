@@ -34,6 +34,9 @@ const KERNEL_SLICE_NS: u64 = 5_000_000;
 /// The BPF side's heartbeat: it wakes the host while the host holds tasks,
 /// and rescues held tasks when a CPU has idled this long.
 const HEARTBEAT_NS: u64 = 10_000_000;
+/// Longest the host waits for a CPU's running task when it need not preempt
+/// (`HOST_WAIT_NS` in main.bpf.c).
+const HOST_WAIT_NS: u64 = 1_000_000;
 /// CPUs past its last one an urgent task looks at (`PREEMPT_SCAN` in main.bpf.c).
 const PREEMPT_SCAN: u32 = 8;
 
@@ -161,6 +164,8 @@ enum Event {
     Move(usize),
     /// The host, woken `host_latency` ago, starts its round.
     HostRun,
+    /// The host's wait for a CPU (the `n`th) is over: it takes one now.
+    HostWaitOver(u64),
 }
 
 /// The simulated kernel.
@@ -199,6 +204,11 @@ pub struct Simulator {
     host_cpu: Option<u32>,
     host_last: u32,
     host_due: Option<u64>,
+    /// The CPU whose running task the host waits for (BPF's
+    /// `host_may_wait`), its round not yet due.
+    host_waits_on: Option<u32>,
+    /// Host wake-ups that waited so instead of preempting.
+    pub host_waits: u64,
     /// RT loads: (cpu, period, runtime) in ns.
     rt: Vec<(u32, u64, u64)>,
     /// Per group: lifetime and affinity-change period (ns).
@@ -282,6 +292,8 @@ impl Simulator {
             switch_cost: w.switch_us * 1000,
             host_latency: w.host_latency_us * 1000,
             host_cpu: None,
+            host_waits_on: None,
+            host_waits: 0,
             host_last: 0,
             host_due: None,
             rt: w
@@ -503,6 +515,13 @@ impl Simulator {
             }
             Event::Move(g) => self.move_group(g),
             Event::HostRun => {}
+            Event::HostWaitOver(n) => {
+                if self.host_waits_on.is_some() && n == self.host_waits {
+                    self.host_waits_on = None;
+                    self.host_takes_cpu(false);
+                    self.host_round_due();
+                }
+            }
         }
     }
 
@@ -974,7 +993,7 @@ impl Simulator {
     /// gives it one (`enqueue_host_thread`): an idle one if any (its last
     /// first), else its last CPU, preempting the task there (which resumes
     /// from the shared queue), never one an RT task holds.
-    fn host_takes_cpu(&mut self) {
+    fn host_takes_cpu(&mut self, may_wait: bool) {
         let n = self.cpus.len() as u32;
         let idle = |c: &Cpu| c.current.is_none() && !c.taken();
         let last = self.host_last;
@@ -987,6 +1006,40 @@ impl Simulator {
                 .or_else(|| (0..n).find(|&c| !self.cpus[c as usize].rt_busy))
         };
         let Some(c) = cpu else { return };
+        if may_wait && self.host_may_wait(c) {
+            // Its round is due once it has the CPU (next_on, or the wait's end).
+            self.host_waits_on = Some(c);
+            self.host_waits += 1;
+            self.host_due = Some(u64::MAX);
+            self.push(
+                self.now + HOST_WAIT_NS,
+                Event::HostWaitOver(self.host_waits),
+            );
+            return;
+        }
+        self.host_gets(c);
+    }
+
+    /// The host got its CPU after waiting: its round is due `host_latency` on.
+    fn host_round_due(&mut self) {
+        let due = self.now + self.host_latency;
+        self.host_due = Some(due);
+        self.push(due, Event::HostRun);
+    }
+
+    /// Whether the host may wait for `cpu`'s running task to stop rather
+    /// than preempt it (`host_may_wait` in main.bpf.c): no CPU idle, and all
+    /// CPUs but one (at least one) have their next task queued.
+    fn host_may_wait(&self, cpu: u32) -> bool {
+        let queued = self.shared_len();
+        self.cpus[cpu as usize].current.is_some()
+            && self.cpus.iter().all(|c| c.current.is_some() || c.taken())
+            && queued > 0
+            && queued + 1 >= self.cpus.len()
+    }
+
+    /// The host thread takes `cpu` for its round, preempting what runs there.
+    fn host_gets(&mut self, c: u32) {
         // Taken first, so that the preempted task does not start here again.
         let slot = &mut self.cpus[c as usize];
         slot.host_busy = true;
@@ -1158,6 +1211,13 @@ impl Simulator {
     fn next_on(&mut self, cpu: u32) {
         let c = &self.cpus[cpu as usize];
         if c.current.is_some() || c.taken() {
+            return;
+        }
+        // The host waited at the head of this CPU's local queue.
+        if self.host_waits_on == Some(cpu) {
+            self.host_waits_on = None;
+            self.host_gets(cpu);
+            self.host_round_due();
             return;
         }
         let local = self.cpus[cpu as usize].local.pop_front();
@@ -1368,10 +1428,9 @@ impl Kernel for Simulator {
                 // The host answers host_latency after it was woken.
                 match self.host_due {
                     None if self.host_latency > 0 => {
-                        let due = self.now + self.host_latency;
-                        self.host_due = Some(due);
-                        self.host_takes_cpu();
-                        self.push(due, Event::HostRun);
+                        self.host_round_due();
+                        // May push the round back until it has a CPU.
+                        self.host_takes_cpu(true);
                     }
                     Some(due) if self.now < due => {}
                     _ => {
@@ -1577,6 +1636,7 @@ pub fn simulate<P: crate::dispatcher::Policy>(
         renewed: d.kernel.renewed,
         kept: d.kernel.kept,
         host_rounds: d.stats.rounds,
+        host_waits: d.kernel.host_waits,
         decided_runs: d.kernel.decided_runs,
         inversions: d.kernel.inversions,
     })

@@ -112,6 +112,9 @@ pub struct SimReport {
     pub kept: u64,
     /// Rounds the host ran (each one a wake-up on the real path).
     pub host_rounds: u64,
+    /// Of those, rounds that waited for a CPU's running task to stop (at
+    /// most 1 ms) instead of preempting it.
+    pub host_waits: u64,
     /// Runs that started from a host decision that did not preempt (the
     /// look-ahead window's domain; direct, urgent, rescued and preempting
     /// starts are outside it).
@@ -178,8 +181,8 @@ impl fmt::Display for SimReport {
         )?;
         writeln!(
             f,
-            "kernel side alone: {} slices kept (nothing else waited), {} renewed by the plugin's rule, {} resumed after preemption, {} host rounds",
-            self.kept, self.renewed, self.resumed, self.host_rounds
+            "kernel side alone: {} slices kept (nothing else waited), {} renewed by the plugin's rule, {} resumed after preemption, {} host rounds ({} waited for a CPU rather than preempt)",
+            self.kept, self.renewed, self.resumed, self.host_rounds, self.host_waits
         )?;
         for c in &self.classes {
             writeln!(
