@@ -386,21 +386,31 @@ fn no_slice_is_renewed_while_the_host_holds_a_task() {
     assert_eq!(r["renewed"], 0, "{r}");
 }
 
+/// `hogs` CPU hogs and a sleeper whose wake-ups go through the host (no
+/// preemption in the kernel, no renewals) on `cpus` CPUs, host rounds of
+/// 200 µs, under `simple`: the report.
+fn hogs_and_a_sleeper(name: &str, cpus: u32, hogs: u32, ms: u64) -> serde_json::Value {
+    let w = workload(
+        name,
+        &format!(
+            "cpus = {cpus}\nduration_ms = {ms}\nseed = 3\nhost_latency_us = 200\n\
+             [[group]]\nname = \"hog\"\ncount = {hogs}\nbehaviour = {{ kind = \"cpu-bound\" }}\n\
+             [[group]]\nname = \"sleeper\"\ncount = 1\n\
+             behaviour = {{ kind = \"bursty\", run_us = 100, sleep_us = 2000 }}\n"
+        ),
+    );
+    let (out, r) = simulate("simple", "preempt_burst_us = 0\nrenew_slices = 0", &w);
+    assert!(out.status.success(), "{name}: {}", stderr(&out));
+    r
+}
+
 #[test]
 fn the_host_thread_holds_a_cpu_for_each_round() {
     // One CPU, a hog and a sleeper whose wake-ups go through the host (no
     // preemption in the kernel, no renewals): each round, 200 µs here, is
     // CPU time no task gets, and the hog the host thread preempts finishes
     // its slice from the shared queue, as on the real path.
-    let w = workload(
-        "host-cpu",
-        "cpus = 1\nduration_ms = 2000\nseed = 3\nhost_latency_us = 200\n\
-         [[group]]\nname = \"hog\"\ncount = 1\nbehaviour = { kind = \"cpu-bound\" }\n\
-         [[group]]\nname = \"sleeper\"\ncount = 1\n\
-         behaviour = { kind = \"bursty\", run_us = 100, sleep_us = 2000 }\n",
-    );
-    let (out, r) = simulate("simple", "preempt_burst_us = 0\nrenew_slices = 0", &w);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let r = hogs_and_a_sleeper("host-cpu", 1, 1, 2000);
     let rounds = r["host_rounds"].as_u64().unwrap();
     assert!(rounds > 500, "{rounds} host rounds: {r}");
     let host = rounds as f64 * 200e3 / 2e9;
@@ -438,15 +448,7 @@ fn the_host_waits_for_a_switch_only_while_the_cpus_have_their_next_tasks() {
     );
     // Two hogs and a sleeper on 2 CPUs: no task waits queued when the
     // sleeper's record reaches the host, so the host preempts a hog.
-    let idle = workload(
-        "host-wait-none-queued",
-        "cpus = 2\nduration_ms = 1000\nseed = 3\nhost_latency_us = 200\n\
-         [[group]]\nname = \"hog\"\ncount = 2\nbehaviour = { kind = \"cpu-bound\" }\n\
-         [[group]]\nname = \"sleeper\"\ncount = 1\n\
-         behaviour = { kind = \"bursty\", run_us = 100, sleep_us = 2000 }\n",
-    );
-    let (out, r) = simulate("simple", "preempt_burst_us = 0\nrenew_slices = 0", &idle);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let r = hogs_and_a_sleeper("host-wait-none-queued", 2, 2, 1000);
     assert!(r["host_rounds"].as_u64().unwrap() > 100, "{r}");
     assert_eq!(r["host_waits"], 0, "{r}");
 }
