@@ -152,6 +152,8 @@ volatile u64 nr_host_waits;	/* host wake-ups that waited for a switch, not preem
 
 /* Records were sent without waking the host: the next wake-up must be forced. */
 volatile u32 host_unnotified;
+/* 1 + the CPU whose local queue the host waits in (host_may_wait); 0: none. */
+volatile u32 host_wait_cpu;
 
 /* Set by the heartbeat, taken by the first CPU through ops.dispatch. */
 volatile u32 rescue_pending;
@@ -434,9 +436,10 @@ static void wake_host(bool force)
 
 /*
  * Whether a new record may reach the host without waking it. A host
- * wake-up preempts a running task or cuts its slice (the host runs at once or
- * within HOST_WAIT_NS, see enqueue_host_thread), so under a hackbench-like load, where every message
- * wakes a task, waking it per record costs a preemption per message. It
+ * wake-up preempts a running task or cuts its slice (the host runs at once
+ * or within HOST_WAIT_NS, see enqueue_host_thread), so under a
+ * hackbench-like load, where every message wakes a task, waking it per
+ * record costs a preemption per message. It
  * need not wake while there is a backlog (more than two tasks per CPU held:
  * the regime in which nothing preempts, see urgent_wakeup) and every CPU has
  * its next task queued (no idle CPU, a task per CPU in the shared queue):
@@ -675,7 +678,9 @@ s32 rthulhu_select_cpu(unsigned long long *ctx)
  * the running task's slice is cut to HOST_WAIT_NS (it ends at the next tick
  * after that); stopping before its slice as set at its start ran out, it
  * counts as preempted and resumes at its key (resume_preempted), as if the
- * host had preempted it.
+ * host had preempted it. A CPU that finds nothing to run meanwhile kicks the
+ * host's CPU (ops.dispatch). Tolerated race: that kick may land just after
+ * the host started; it is then preempted once and queued again at once.
  */
 static bool host_may_wait(s32 cpu)
 {
@@ -711,6 +716,7 @@ static void enqueue_host_thread(struct task_struct *p, u64 enq_flags)
 	if (!cpu_taken(cpu)) {
 		if (host_may_wait(cpu)) {
 			scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, enq_flags | SCX_ENQ_HEAD);
+			host_wait_cpu = cpu + 1;
 			__sync_fetch_and_add(&nr_host_waits, 1);
 			return;
 		}
@@ -1195,6 +1201,7 @@ int rthulhu_dispatch(unsigned long long *ctx)
 	struct task_struct *prev = (void *)ctx[1];
 	u32 slots_before = scx_bpf_dispatch_nr_slots();
 	struct drain_ctx dc = { .slots = slots_before };
+	u32 waiting;
 
 	/* One CPU at a time rescues what a late host left waiting. */
 	if (rescue_pending && __sync_val_compare_and_swap(&rescue_pending, 1, 0) == 1) {
@@ -1236,6 +1243,10 @@ int rthulhu_dispatch(unsigned long long *ctx)
 	/* This CPU has nothing to run: if the host holds tasks, it must decide now. */
 	if (nr_held)
 		wake_host(false);
+	/* And if it waits behind another CPU's running task, now, not at its slice's end. */
+	waiting = host_wait_cpu;
+	if (waiting && waiting - 1 != (u32)cpu)
+		scx_bpf_kick_cpu(waiting - 1, SCX_KICK_PREEMPT);
 	return 0;
 refill:
 	/* Quiet records wait: wake the host once the CPUs' next tasks run low. */
@@ -1355,6 +1366,8 @@ int rthulhu_running(unsigned long long *ctx)
 	tctx->runnable_at = 0;
 	tctx->start_ts = now;
 	tctx->slice_at_start = p->scx.slice;
+	if (host_wait_cpu && p->pid == usersched_tgid)
+		host_wait_cpu = 0;
 	take_inflight(tctx);
 	if (!is_host_thread(p) && !tctx->counted) {
 		tctx->counted = 1;

@@ -992,7 +992,8 @@ impl Simulator {
     /// The woken host thread takes a CPU for its round, as the BPF side
     /// gives it one (`enqueue_host_thread`): an idle one if any (its last
     /// first), else its last CPU, preempting the task there (which resumes
-    /// from the shared queue), never one an RT task holds.
+    /// from the shared queue) unless it may wait for that task to stop
+    /// (`may_wait`, `host_may_wait`), never one an RT task holds.
     fn host_takes_cpu(&mut self, may_wait: bool) {
         let n = self.cpus.len() as u32;
         let idle = |c: &Cpu| c.current.is_none() && !c.taken();
@@ -1242,6 +1243,17 @@ impl Simulator {
         match next {
             Some(i) => self.run(cpu, i),
             None => {
+                // The host waits behind another CPU's running task: it
+                // preempts it now (BPF: ops.dispatch kicks that CPU), and
+                // the preempted task may start here.
+                if let Some(h) = self.host_waits_on.filter(|&h| h != cpu) {
+                    self.host_waits_on = None;
+                    self.host_gets(h);
+                    self.host_round_due();
+                    if self.cpus[cpu as usize].current.is_some() {
+                        return;
+                    }
+                }
                 let c = &mut self.cpus[cpu as usize];
                 c.idle_since.get_or_insert(self.now);
                 // The BPF side wakes the host when a CPU idles while it holds tasks.
