@@ -228,7 +228,7 @@ described! {
         #[serde(default)]
         resumed: u64 => "Preempted tasks that finished their slice at their last key, without a host round trip.",
         #[serde(default)]
-        host_waits: u64 => "Host wake-ups that waited for their CPU's next switch (at most 1 ms) instead of preempting: no CPU idle and the others' next tasks queued.",
+        host_waits: u64 => "Host wake-ups that waited for their CPU's next switch instead of preempting (the running task's slice cut to 1 ms, so at most until the first tick after that): no CPU idle and the others' next tasks queued.",
         #[serde(default)]
         renewed: u64 => "Slices renewed in the kernel by the plugin's renewal rule (a covered task whose slice ran out queued again at its current key, without a host round trip).",
     }

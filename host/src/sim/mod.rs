@@ -1021,6 +1021,14 @@ impl Simulator {
         self.host_gets(c);
     }
 
+    /// The host's wait for `cpu` ends: it takes that CPU (preempting what
+    /// still runs there) and its round is due `host_latency` on.
+    fn host_wait_ends(&mut self, cpu: u32) {
+        self.host_waits_on = None;
+        self.host_gets(cpu);
+        self.host_round_due();
+    }
+
     /// The host got its CPU after waiting: its round is due `host_latency` on.
     fn host_round_due(&mut self) {
         let due = self.now + self.host_latency;
@@ -1216,9 +1224,7 @@ impl Simulator {
         }
         // The host waited at the head of this CPU's local queue.
         if self.host_waits_on == Some(cpu) {
-            self.host_waits_on = None;
-            self.host_gets(cpu);
-            self.host_round_due();
+            self.host_wait_ends(cpu);
             return;
         }
         let local = self.cpus[cpu as usize].local.pop_front();
@@ -1247,9 +1253,7 @@ impl Simulator {
                 // preempts it now (BPF: ops.dispatch kicks that CPU), and
                 // the preempted task may start here.
                 if let Some(h) = self.host_waits_on.filter(|&h| h != cpu) {
-                    self.host_waits_on = None;
-                    self.host_gets(h);
-                    self.host_round_due();
+                    self.host_wait_ends(h);
                     if self.cpus[cpu as usize].current.is_some() {
                         return;
                     }
